@@ -1,0 +1,45 @@
+# The project's entry points. Every target sets up what it needs, idempotently:
+#   make demo   - set up, train on the bundled digits data and print the L2H comparison tables
+#   make test   - set up and run the whole test suite (fmt, clippy, unit and end-to-end tests)
+#   make bench  - set up and print the benchmark figures
+SHELL := /bin/bash
+VENV := $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+TORCH_VERSION := 2.13.0
+# tch finds libtorch through the project-local virtualenv's torch package.
+export LIBTORCH_USE_PYTORCH := 1
+export VIRTUAL_ENV := $(VENV)
+export PATH := $(VENV)/bin:$(PATH)
+CARGO ?= cargo
+DEMO_OUT ?= $(CURDIR)/demo-out
+
+.PHONY: setup build demo test bench lint clean-venv
+
+$(VENV)/.ready: scripts/requirements.txt
+	@bash scripts/setup-venv.sh "$(VENV)"
+	@touch $@
+
+setup: $(VENV)/.ready
+
+build: setup
+	$(CARGO) build --workspace --bins
+
+demo: setup
+	$(CARGO) build --release --bins
+	bash scripts/demo.sh "$(DEMO_OUT)"
+
+lint: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test: setup lint
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace
+
+bench: setup
+	$(CARGO) build --release --bins
+	$(CARGO) run --release -p cloud-expert --bin cloud-expert -- bench
+	$(CARGO) run --release -p edge-client --bin edge-client -- bench
+
+clean-venv:
+	rm -rf $(VENV)

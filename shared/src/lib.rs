@@ -5,3 +5,8 @@
 
 pub mod dataset;
 pub mod rng;
+pub mod engine;
+pub mod legacy;
+pub mod onnx_build;
+pub mod rejector;
+pub mod eval;

@@ -1,1 +1,14 @@
-fn main(){ let t = tch::Tensor::from_slice(&[1f32,2.,3.]); t.print(); println!("{:?}", tch::Cuda::is_available()); }
+//! `cloud-expert` binary: parse, set up logging, run.
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cloud_expert::config::Cli::parse();
+    cloud_expert::init_telemetry(cli.log_json);
+    match cloud_expert::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -10,3 +10,4 @@ pub mod legacy;
 pub mod onnx_build;
 pub mod rejector;
 pub mod eval;
+pub mod repository;

@@ -219,6 +219,11 @@ impl GraphBuilder {
         self.node("Gather", &[x, &idx], vec![int_attr("axis", 1)])
     }
 
+    /// `[N, 1]` to `[N]` (column 0).
+    pub fn flatten_to_vector(&mut self, x: &str) -> String {
+        self.column(x, 0)
+    }
+
     /// Records a `key = value` metadata entry in the model file.
     pub fn metadata(&mut self, key: &str, value: &str) {
         self.metadata.push((key.into(), value.into()));

@@ -1,0 +1,211 @@
+//! Command-line configuration (clap derive; every flag also reads an environment variable).
+
+use crate::train::fit::{Optim, RejectorLoss};
+use crate::train::pair::Mode;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// The cloud side of the offloading system: trains the legacy demo model, trains experts and
+/// rejectors with Learning-to-Help, and evaluates them against the baselines.
+#[derive(Debug, Parser)]
+#[command(name = "cloud-expert", version)]
+pub struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, env = "CLOUD_EXPERT_LOG_JSON", global = true)]
+    pub log_json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a deliberately weak legacy classifier and export it to ONNX (demo and tests only).
+    Legacy(LegacyArgs),
+    /// Train expert + rejector for a fixed legacy model and write a model-repository version.
+    Train(Box<TrainArgs>),
+    /// Re-evaluate a repository version with the device engine and print the comparison.
+    Eval(EvalArgs),
+    /// Compare the exported ONNX rejector with the tch one and dump reference arrays.
+    CheckExport(CheckExportArgs),
+    /// Print training-throughput and device-latency benchmarks.
+    Bench(BenchArgs),
+}
+
+/// Which data and task.
+#[derive(Debug, Clone, Args)]
+pub struct DataArgs {
+    /// Data source: digits (bundled), csv:PATH, npy:X.npy,Y.npy, cifar10:FILE[,FILE..], mnist:IMAGES,LABELS.
+    #[arg(long, env = "OFFLOAD_DATA", default_value = "digits")]
+    pub data: String,
+    /// CSV label column (header name or 0-based index; default the last column).
+    #[arg(long, env = "OFFLOAD_LABEL_COLUMN")]
+    pub label_column: Option<String>,
+    /// Task: multiclass, pair:A,B, one-vs-rest:K, groups:A,B,.. or odd-even.
+    #[arg(long, env = "OFFLOAD_TASK", default_value = "multiclass")]
+    pub task: String,
+    /// Seed of the stratified train/validation/test split.
+    #[arg(long, env = "OFFLOAD_SPLIT_SEED", default_value_t = 0)]
+    pub split_seed: u64,
+    /// Fraction of each class in the validation split.
+    #[arg(long, env = "OFFLOAD_VAL_FRACTION", default_value_t = 0.2)]
+    pub val_fraction: f64,
+    /// Fraction of each class in the test split.
+    #[arg(long, env = "OFFLOAD_TEST_FRACTION", default_value_t = 0.2)]
+    pub test_fraction: f64,
+}
+
+/// `cloud-expert legacy`.
+#[derive(Debug, Args)]
+pub struct LegacyArgs {
+    /// Data and task the legacy model classifies.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Where to write the ONNX file.
+    #[arg(long, env = "LEGACY_OUT")]
+    pub out: PathBuf,
+    /// Number of training-split samples it learns from (small on purpose).
+    #[arg(long, env = "LEGACY_TRAIN_SAMPLES", default_value_t = 60)]
+    pub train_samples: usize,
+    /// Training epochs.
+    #[arg(long, env = "LEGACY_EPOCHS", default_value_t = 40)]
+    pub epochs: usize,
+    /// Architecture (mlp = linear softmax regression).
+    #[arg(long, env = "LEGACY_ARCH", default_value = "mlp")]
+    pub arch: String,
+    /// Seed of the subset and initialisation.
+    #[arg(long, env = "LEGACY_SEED", default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// `cloud-expert train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Data and task.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Model repository root.
+    #[arg(long, env = "OFFLOAD_REPO")]
+    pub repo: PathBuf,
+    /// Model name inside the repository.
+    #[arg(long, env = "OFFLOAD_MODEL", default_value = "digits")]
+    pub model: String,
+    /// The legacy ONNX model (a black box; copied into the repository).
+    #[arg(long, env = "OFFLOAD_LEGACY")]
+    pub legacy: PathBuf,
+    /// How to read the legacy model's output: auto, logits or probabilities.
+    #[arg(long, env = "OFFLOAD_LEGACY_OUTPUT", default_value = "auto")]
+    pub legacy_output: String,
+    /// Formulation; default: binary-surrogate for two-class tasks, stage-switching otherwise.
+    #[arg(long, env = "OFFLOAD_MODE", value_enum)]
+    pub mode: Option<Mode>,
+    /// Expert architecture: mlp:H1,H2,.. or cnn:C1,C2,../HIDDEN.
+    #[arg(long, env = "OFFLOAD_EXPERT_ARCH", default_value = "mlp:256,128")]
+    pub expert_arch: String,
+    /// Rejector architecture (runs on the device: keep it small).
+    #[arg(long, env = "OFFLOAD_REJECTOR_ARCH", default_value = "mlp:64")]
+    pub rejector_arch: String,
+    /// Give the rejector the legacy model's probabilities as extra inputs (ablation).
+    #[arg(long, env = "OFFLOAD_REJECTOR_LEGACY_PROBS")]
+    pub rejector_legacy_probs: bool,
+    /// Expert-error weight c_1 of the deployed pair.
+    #[arg(long, env = "OFFLOAD_C1", default_value_t = 1.0)]
+    pub c1: f32,
+    /// Offload price c_e of the deployed pair.
+    #[arg(long, env = "OFFLOAD_CE", default_value_t = 0.25)]
+    pub ce: f32,
+    /// Evaluation grid of cost pairs `c1,ce;c1,ce;...` (a pair is trained for each).
+    #[arg(long, env = "OFFLOAD_GRID", default_value = "1,0;1,0.25;1.25,0.25")]
+    pub grid: String,
+    /// Binary surrogate: override the calibrated alpha.
+    #[arg(long, env = "OFFLOAD_ALPHA")]
+    pub alpha: Option<f64>,
+    /// Binary surrogate: squash r and e through 2 sigmoid - 1 (the authors' option).
+    #[arg(long, env = "OFFLOAD_SQUASH")]
+    pub squash: bool,
+    /// Steps between refreshes of the expert copy seen by the rejector (1 = synchronous, 0 = per epoch).
+    #[arg(long, env = "OFFLOAD_SYNC_PERIOD", default_value_t = 1)]
+    pub sync_period: usize,
+    /// Weight the expert's loss by the rejector's offload probability.
+    #[arg(long, env = "OFFLOAD_WEIGHT_EXPERT")]
+    pub weight_expert_by_offload: bool,
+    /// Stage-switching rejector loss: consistent (default) or released (authors' code, reproduction only).
+    #[arg(long, env = "OFFLOAD_REJECTOR_LOSS", value_enum, default_value = "consistent")]
+    pub rejector_loss: RejectorLoss,
+    /// Maximum epochs.
+    #[arg(long, env = "OFFLOAD_EPOCHS", default_value_t = 80)]
+    pub epochs: usize,
+    /// Early-stopping patience (epochs).
+    #[arg(long, env = "OFFLOAD_PATIENCE", default_value_t = 15)]
+    pub patience: usize,
+    /// Mini-batch size.
+    #[arg(long, env = "OFFLOAD_BATCH_SIZE", default_value_t = 32)]
+    pub batch_size: usize,
+    /// Expert learning rate.
+    #[arg(long, env = "OFFLOAD_LR_EXPERT", default_value_t = 1e-3)]
+    pub lr_expert: f64,
+    /// Rejector learning rate.
+    #[arg(long, env = "OFFLOAD_LR_REJECTOR", default_value_t = 1e-3)]
+    pub lr_rejector: f64,
+    /// Weight decay.
+    #[arg(long, env = "OFFLOAD_WEIGHT_DECAY", default_value_t = 1e-4)]
+    pub weight_decay: f64,
+    /// Optimiser.
+    #[arg(long, env = "OFFLOAD_OPTIMIZER", value_enum, default_value = "adam")]
+    pub optimizer: Optim,
+    /// Seed of initialisation and shuffling.
+    #[arg(long, env = "OFFLOAD_SEED", default_value_t = 0)]
+    pub seed: u64,
+    /// Train on CUDA when available.
+    #[arg(long, env = "OFFLOAD_CUDA")]
+    pub cuda: bool,
+    /// Hide the progress bar.
+    #[arg(long, env = "OFFLOAD_NO_PROGRESS")]
+    pub no_progress: bool,
+}
+
+/// `cloud-expert eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Model repository root.
+    #[arg(long, env = "OFFLOAD_REPO")]
+    pub repo: PathBuf,
+    /// Model name.
+    #[arg(long, env = "OFFLOAD_MODEL", default_value = "digits")]
+    pub model: String,
+    /// Version (default: latest).
+    #[arg(long, env = "OFFLOAD_VERSION")]
+    pub version: Option<String>,
+    /// Cost pairs to score the stored pair under.
+    #[arg(long, env = "OFFLOAD_GRID", default_value = "1,0;1,0.25;1.25,0.25")]
+    pub grid: String,
+}
+
+/// `cloud-expert check-export`.
+#[derive(Debug, Args)]
+pub struct CheckExportArgs {
+    /// Model repository root.
+    #[arg(long, env = "OFFLOAD_REPO")]
+    pub repo: PathBuf,
+    /// Model name.
+    #[arg(long, env = "OFFLOAD_MODEL", default_value = "digits")]
+    pub model: String,
+    /// Version (default: latest).
+    #[arg(long, env = "OFFLOAD_VERSION")]
+    pub version: Option<String>,
+    /// Directory for input.npy, legacy_probs.npy and tch_outputs.npy.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Largest tolerated absolute difference.
+    #[arg(long, default_value_t = 1e-5)]
+    pub tolerance: f32,
+}
+
+/// `cloud-expert bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Training epochs timed.
+    #[arg(long, default_value_t = 5)]
+    pub epochs: usize,
+}

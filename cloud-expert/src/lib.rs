@@ -1,0 +1,63 @@
+//! The cloud side of the offloading system: trains experts and rejectors with Learning-to-Help
+//! (tch / libtorch), evaluates them against the baselines with the device's own ONNX engine, and
+//! writes the model repository the servers and devices use.
+#![warn(missing_docs)]
+
+pub mod bench;
+pub mod config;
+pub mod error;
+pub mod evaluate;
+pub mod legacy_model;
+pub mod nets;
+pub mod plot;
+pub mod report;
+pub mod stored;
+pub mod train;
+
+use config::{Cli, Command};
+pub use error::CloudError;
+
+/// Initialises tracing once: human-readable or JSON lines, filtered by `RUST_LOG` (default info).
+pub fn init_telemetry(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Runs one command and prints its result.
+pub fn run(cli: Cli) -> Result<(), CloudError> {
+    match cli.command {
+        Command::Legacy(a) => {
+            let out = legacy_model::run(&a)?;
+            println!(
+                "legacy model written to {} (trained on {} samples, test accuracy {:.2}%)",
+                a.out.display(),
+                out.trained_on,
+                100.0 * out.test_accuracy
+            );
+        }
+        Command::Train(a) => {
+            let out = train::run(&a)?;
+            println!("{}", out.report.table());
+            if let Some(d) = out.report.export_max_abs_diff {
+                println!("exported rejector vs tch: max |diff| = {d:e} on the test split");
+            }
+            println!("wrote {}", out.dir.display());
+        }
+        Command::Eval(a) => {
+            let report = evaluate::run_eval(&a)?;
+            println!("{}", report.table());
+        }
+        Command::CheckExport(a) => {
+            let diff = evaluate::run_check(&a)?;
+            println!("exported rejector matches tch: max |diff| = {diff:e}");
+        }
+        Command::Bench(a) => bench::run(&a)?,
+    }
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! Loading a trained pair back from a repository version (for `eval`, `check-export` and,
+//! later, serving).
+
+use crate::error::CloudError;
+use crate::train::pair::{Mode, PairModels, PairSpec};
+use offload_shared::legacy::LegacyModel;
+use offload_shared::rejector::{RejectorKind, RejectorModel};
+use offload_shared::repository::{files, read_json, ExpertMeta, RejectorMeta, Repository};
+use std::path::{Path, PathBuf};
+
+/// A repository version loaded in memory.
+#[derive(Debug)]
+pub struct StoredPair {
+    /// Version directory.
+    pub dir: PathBuf,
+    /// `expert.json`.
+    pub expert_meta: ExpertMeta,
+    /// `rejector.json`.
+    pub rejector_meta: RejectorMeta,
+    /// Both networks in tch.
+    pub models: PairModels,
+    /// The ONNX rejector as the device runs it.
+    pub rejector: RejectorModel,
+    /// The legacy model.
+    pub legacy: LegacyModel,
+}
+
+/// Loads `REPO/<model>/<version>` (latest when `version` is `None`).
+pub fn load(repo: &Path, model: &str, version: Option<&str>) -> Result<StoredPair, CloudError> {
+    let dir = Repository::new(repo).version_dir(model, version)?;
+    let expert_meta: ExpertMeta = read_json(&dir.join(files::EXPERT_META))?;
+    let rejector_meta: RejectorMeta = read_json(&dir.join(files::REJECTOR_META))?;
+    let rej_weights = dir.join("rejector.safetensors");
+    let head_out = tch::Tensor::read_safetensors(&rej_weights)?
+        .into_iter()
+        .find(|(k, _)| k == "head.weight")
+        .map(|(_, t)| t.size()[0])
+        .ok_or_else(|| CloudError::Config(format!("{}: no head.weight", rej_weights.display())))?;
+    let mode = match (rejector_meta.kind, head_out) {
+        (RejectorKind::PlugIn, _) => Mode::PlugIn,
+        (RejectorKind::Score, 1) => Mode::BinarySurrogate,
+        (RejectorKind::Score, _) => Mode::StageSwitching,
+    };
+    let spec = PairSpec {
+        mode,
+        expert_arch: expert_meta.arch.clone(),
+        rejector_arch: rejector_meta.arch.clone(),
+        input_shape: expert_meta.input_shape.clone(),
+        num_classes: expert_meta.num_classes,
+        uses_legacy_probs: rejector_meta.uses_legacy_probs,
+        squash: false,
+        norm: expert_meta.normalization.clone(),
+    };
+    let mut models = PairModels::build(&spec, tch::Device::Cpu).map_err(CloudError::Config)?;
+    models.expert_vs.load(dir.join(files::EXPERT_WEIGHTS))?;
+    models.rejector_vs.load(&rej_weights)?;
+    let onnx_path = dir.join(files::REJECTOR);
+    let bytes = std::fs::read(&onnx_path).map_err(crate::error::io_err(&onnx_path))?;
+    let rejector = RejectorModel::from_bytes(&onnx_path.display().to_string(), &bytes, rejector_meta.kind)?;
+    let legacy = LegacyModel::load(&dir.join(files::LEGACY), rejector_meta.legacy_output)?;
+    Ok(StoredPair { dir, expert_meta, rejector_meta, models, rejector, legacy })
+}

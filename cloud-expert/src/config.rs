@@ -109,6 +109,13 @@ pub struct TrainArgs {
     /// Give the rejector the legacy model's probabilities as extra inputs (ablation).
     #[arg(long, env = "OFFLOAD_REJECTOR_LEGACY_PROBS")]
     pub rejector_legacy_probs: bool,
+    /// Agreement rejector: predicts the class posterior and decides from the probability it
+    /// gives m's predicted class (implies --rejector-legacy-probs).
+    #[arg(long, env = "OFFLOAD_REJECTOR_AGREEMENT")]
+    pub rejector_agreement: bool,
+    /// Weight of the agreement rejector's auxiliary class cross-entropy.
+    #[arg(long, env = "OFFLOAD_AUX_WEIGHT", default_value_t = 1.0)]
+    pub aux_weight: f64,
     /// Expert-error weight c_1 of the deployed pair.
     #[arg(long, env = "OFFLOAD_C1", default_value_t = 1.0)]
     pub c1: f32,

@@ -31,10 +31,11 @@ pub fn load(repo: &Path, model: &str, version: Option<&str>) -> Result<StoredPai
     let expert_meta: ExpertMeta = read_json(&dir.join(files::EXPERT_META))?;
     let rejector_meta: RejectorMeta = read_json(&dir.join(files::REJECTOR_META))?;
     let rej_weights = dir.join("rejector.safetensors");
-    let head_out = tch::Tensor::read_safetensors(&rej_weights)?
-        .into_iter()
-        .find(|(k, _)| k == "head.weight")
-        .map(|(_, t)| t.size()[0])
+    let named = tch::Tensor::read_safetensors(&rej_weights)?;
+    let size0 = |name: &str| named.iter().find(|(k, _)| k == name).map(|(_, t)| t.size()[0]);
+    let agreement = size0("agree.weight").is_some();
+    let head_out = size0("agree.weight")
+        .or_else(|| size0("head.weight"))
         .ok_or_else(|| CloudError::Config(format!("{}: no head.weight", rej_weights.display())))?;
     let mode = match (rejector_meta.kind, head_out) {
         (RejectorKind::PlugIn, _) => Mode::PlugIn,
@@ -49,6 +50,7 @@ pub fn load(repo: &Path, model: &str, version: Option<&str>) -> Result<StoredPai
         num_classes: expert_meta.num_classes,
         uses_legacy_probs: rejector_meta.uses_legacy_probs,
         squash: false,
+        agreement,
         norm: expert_meta.normalization.clone(),
     };
     let mut models = PairModels::build(&spec, tch::Device::Cpu).map_err(CloudError::Config)?;

@@ -219,6 +219,21 @@ impl GraphBuilder {
         self.node("Gather", &[x, &idx], vec![int_attr("axis", 1)])
     }
 
+    /// Index of the largest value along axis 1, kept as `[N, 1]` (int64).
+    pub fn argmax_keep(&mut self, x: &str) -> String {
+        self.node("ArgMax", &[x], vec![int_attr("axis", 1), int_attr("keepdims", 1)])
+    }
+
+    /// Largest value along axis 1, kept as `[N, 1]`.
+    pub fn max_keep(&mut self, x: &str) -> String {
+        self.node("ReduceMax", &[x], vec![ints_attr("axes", &[1]), int_attr("keepdims", 1)])
+    }
+
+    /// `out[n, 0] = x[n, idx[n, 0]]`.
+    pub fn gather_cols(&mut self, x: &str, idx: &str) -> String {
+        self.node("GatherElements", &[x, idx], vec![int_attr("axis", 1)])
+    }
+
     /// `[N, 1]` to `[N]` (column 0).
     pub fn flatten_to_vector(&mut self, x: &str) -> String {
         self.column(x, 0)

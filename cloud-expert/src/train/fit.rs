@@ -60,6 +60,8 @@ pub struct FitSettings {
     pub patience: usize,
     /// Seed of initialisation and shuffling.
     pub seed: u64,
+    /// Weight of the agreement rejector's auxiliary class cross-entropy.
+    pub aux_weight: f64,
     /// Draw a progress bar.
     pub progress: bool,
 }
@@ -177,7 +179,10 @@ pub fn fit(models: &mut PairModels, data: &TaskTensors, costs: Costs, s: &FitSet
             let m_probs = tr.m_probs.index_select(0, &chunk);
             let loss = match models.mode {
                 Mode::BinarySurrogate => {
-                    let l = surrogate_loss(models, &x, &y, &m_wrong, &m_probs, costs, alpha.unwrap_or(1.0));
+                    let mut l = surrogate_loss(models, &x, &y, &m_wrong, &m_probs, costs, alpha.unwrap_or(1.0));
+                    if let Some(logits) = models.rejector_class_logits(&x) {
+                        l = l + logits.cross_entropy_for_logits(&y) * s.aux_weight;
+                    }
                     opt_e.zero_grad();
                     opt_r.zero_grad();
                     l.backward();
@@ -194,7 +199,10 @@ pub fn fit(models: &mut PairModels, data: &TaskTensors, costs: Costs, s: &FitSet
                         let src = if s.sync_period == 1 { &models.expert } else { &expert_copy };
                         expert_wrong(src, models.single_score, &x, &y)
                     });
-                    let lr = rejector_loss(models, &x, &m_probs, &m_wrong, &e_wrong, costs, s.rejector_loss);
+                    let mut lr = rejector_loss(models, &x, &m_probs, &m_wrong, &e_wrong, costs, s.rejector_loss);
+                    if let Some(logits) = models.rejector_class_logits(&x) {
+                        lr = lr + logits.cross_entropy_for_logits(&y) * s.aux_weight;
+                    }
                     opt_r.zero_grad();
                     lr.backward();
                     opt_r.step();

@@ -101,8 +101,9 @@ pub fn run(a: &TrainArgs) -> Result<TrainOutcome, CloudError> {
         rejector_arch: rejector_arch.clone(),
         input_shape: data.input_shape.clone(),
         num_classes: data.num_classes,
-        uses_legacy_probs: a.rejector_legacy_probs,
+        uses_legacy_probs: a.rejector_legacy_probs || a.rejector_agreement,
         squash: a.squash,
+        agreement: a.rejector_agreement,
         norm: crate::nets::normalization_from(splits.train.features(), splits.train.feature_len()),
     };
     let settings = FitSettings {
@@ -117,6 +118,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainOutcome, CloudError> {
         alpha: a.alpha,
         rejector_loss: a.rejector_loss,
         patience: a.patience,
+        aux_weight: a.aux_weight,
         seed: a.seed,
         progress: !a.no_progress,
     };
@@ -132,7 +134,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainOutcome, CloudError> {
         task: a.data.task.clone(),
         mode: format!("{mode:?}"),
         deployed_costs: deployed.key(),
-        rejector_uses_legacy_probs: a.rejector_legacy_probs,
+        rejector_uses_legacy_probs: a.rejector_legacy_probs || a.rejector_agreement,
         n_test: data.test.len(),
         results: Default::default(),
         gap_closed: Default::default(),

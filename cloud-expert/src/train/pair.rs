@@ -38,6 +38,11 @@ pub struct PairModels {
     pub uses_legacy_probs: bool,
     /// Binary surrogate only: squash r and e through `2 sigmoid - 1` (the authors' option).
     pub squash: bool,
+    /// Agreement head (see [`PairSpec::agreement`]): maps (p_r(m(x) | x), max m prob) to the
+    /// rejector's outputs; `None` for a plain rejector.
+    pub agree: Option<nn::Linear>,
+    /// Number of classes K (width of the legacy probabilities).
+    pub num_classes: usize,
 }
 
 /// What [`PairModels::build`] needs.
@@ -59,6 +64,12 @@ pub struct PairSpec {
     pub squash: bool,
     /// Input normalisation (training statistics).
     pub norm: Normalization,
+    /// Agreement rejector: the network predicts the class posterior p_r(y | x) (trained with an
+    /// auxiliary cross-entropy) and a tiny head turns the probability it gives to the legacy
+    /// model's predicted class, plus m's confidence, into the rejector outputs. Needs the
+    /// legacy probabilities as input. `1 - p_r(m(x) | x)` estimates P(m wrong | x) directly,
+    /// which is the quantity in the Bayes rule.
+    pub agreement: bool,
 }
 
 impl PairModels {
@@ -83,17 +94,24 @@ impl PairModels {
                 norm: spec.norm.clone(),
             },
         )?;
+        if spec.agreement && !spec.uses_legacy_probs {
+            return Err("the agreement rejector needs the legacy probabilities as input".into());
+        }
+        let out_dim = if spec.mode == Mode::BinarySurrogate { 1 } else { 2 };
         let rejector_vs = nn::VarStore::new(device);
         let rejector = Net::new(
             &rejector_vs.root(),
             NetSpec {
                 arch: spec.rejector_arch.clone(),
                 input_shape: spec.input_shape.clone(),
-                extra_inputs: if spec.uses_legacy_probs { spec.num_classes } else { 0 },
-                out_dim: if spec.mode == Mode::BinarySurrogate { 1 } else { 2 },
+                extra_inputs: if spec.uses_legacy_probs && !spec.agreement { spec.num_classes } else { 0 },
+                out_dim: if spec.agreement { spec.num_classes } else { out_dim },
                 norm: spec.norm.clone(),
             },
         )?;
+        let agree = spec
+            .agreement
+            .then(|| nn::linear(rejector_vs.root() / "agree", 2, out_dim as i64, Default::default()));
         Ok(Self {
             expert_vs,
             expert,
@@ -103,6 +121,8 @@ impl PairModels {
             single_score,
             uses_legacy_probs: spec.uses_legacy_probs,
             squash: spec.squash,
+            agree,
+            num_classes: spec.num_classes,
         })
     }
 
@@ -138,8 +158,23 @@ impl PairModels {
 
     /// Raw rejector head `[N, out]`.
     pub fn rejector_raw(&self, x: &Tensor, m_probs: &Tensor) -> Tensor {
-        let extra = self.uses_legacy_probs.then_some(m_probs);
-        self.rejector.forward(x, extra)
+        match &self.agree {
+            None => {
+                let extra = self.uses_legacy_probs.then_some(m_probs);
+                self.rejector.forward(x, extra)
+            }
+            Some(head) => {
+                let p = self.rejector.forward(x, None).softmax(-1, Kind::Float);
+                let agree = p.gather(1, &m_probs.argmax(1, true), false);
+                let conf = m_probs.amax(1, true);
+                nn::Module::forward(head, &Tensor::cat(&[agree, conf], 1))
+            }
+        }
+    }
+
+    /// Class logits of an agreement rejector (for its auxiliary loss).
+    pub fn rejector_class_logits(&self, x: &Tensor) -> Option<Tensor> {
+        self.agree.as_ref().map(|_| self.rejector.forward(x, None))
     }
 
     /// What the exported ONNX outputs: `score [N]` or `q [N, 2]`.
@@ -182,8 +217,21 @@ impl PairModels {
         let input = g.input("input", &dims);
         let extra = self
             .uses_legacy_probs
-            .then(|| g.input("legacy_probs", &[Dim::Batch, Dim::Fixed(spec.extra_inputs)]));
-        let head = self.rejector.export(&mut g, &input, extra.as_deref())?;
+            .then(|| g.input("legacy_probs", &[Dim::Batch, Dim::Fixed(self.num_classes)]));
+        let head = match (&self.agree, extra.as_deref()) {
+            (Some(lin), Some(mp)) => {
+                let logits = self.rejector.export(&mut g, &input, None)?;
+                let p = g.softmax(&logits);
+                let idx = g.argmax_keep(mp);
+                let agree = g.gather_cols(&p, &idx);
+                let conf = g.max_keep(mp);
+                let feats = g.concat(&[&agree, &conf]);
+                let w = crate::nets::to_vec(&lin.ws)?;
+                let b = lin.bs.as_ref().map(crate::nets::to_vec).transpose()?.unwrap_or_default();
+                g.linear(&feats, &w, &b, 2)
+            }
+            _ => self.rejector.export(&mut g, &input, extra.as_deref())?,
+        };
         match self.mode {
             Mode::BinarySurrogate => {
                 let r = g.flatten_to_vector(&head);

@@ -1,1 +1,99 @@
+//! Helpers for the end-to-end tests: locate the workspace binaries, run them as real processes,
+//! and build the small fixtures (legacy model, trained repository) the tests share.
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The directory holding the workspace binaries (`target/<profile>`), next to the test executable.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test-binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary; panics with the fix when it has not been built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, done by `make test`)",
+        p.display()
+    );
+    p
+}
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
+}
+
+/// Python of the project virtualenv (onnxruntime lives there); `OFFLOAD_TEST_PYTHON` overrides.
+pub fn python() -> PathBuf {
+    std::env::var_os("OFFLOAD_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv/bin/python"))
+}
+
+/// Runs a binary with arguments and returns its output (never panics on a non-zero exit).
+pub fn run(name: &str, args: &[&str]) -> Output {
+    Command::new(bin(name))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("spawn")
+}
+
+/// Runs and asserts success, returning stdout.
+pub fn run_ok(name: &str, args: &[&str]) -> String {
+    let out = run(name, args);
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed:\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs, asserts a clean failure (non-zero exit, no panic) and returns stderr.
+pub fn run_err(name: &str, args: &[&str]) -> String {
+    let out = run(name, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{name} {args:?} unexpectedly succeeded");
+    assert!(!stderr.contains("panicked"), "{name} {args:?} panicked:\n{stderr}");
+    assert_eq!(out.status.code(), Some(1), "exit code for {args:?}; stderr:\n{stderr}");
+    stderr
+}
+
+/// Writes a weak legacy model for `task` into `dir` and returns its path.
+pub fn legacy(dir: &Path, task: &str) -> PathBuf {
+    let p = dir.join(format!("legacy-{}.onnx", task.replace([':', ','], "_")));
+    run_ok("cloud-expert", &["legacy", "--task", task, "--out", p.to_str().unwrap()]);
+    p
+}
+
+/// Trains a small repository version; returns the version directory.
+pub fn train(dir: &Path, legacy: &Path, model: &str, extra: &[&str]) -> PathBuf {
+    let repo = dir.join("repo");
+    let mut args = vec![
+        "train", "--repo", repo.to_str().unwrap(), "--model", model,
+        "--legacy", legacy.to_str().unwrap(), "--no-progress",
+    ];
+    args.extend_from_slice(extra);
+    run_ok("cloud-expert", &args);
+    let v = offload_shared::repository::Repository::new(&repo)
+        .versions(model)
+        .unwrap();
+    repo.join(model).join(v.last().unwrap().to_string())
+}
+
+/// Reads a JSON file.
+pub fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}

@@ -21,16 +21,34 @@ pub fn run(a: &BenchArgs) -> Result<(), CloudError> {
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let legacy = dir.join("legacy.onnx");
     let repo = dir.join("repo");
-    let parse = |args: Vec<String>| Cli::try_parse_from(args).map_err(|e| CloudError::Config(e.to_string()));
-    let cli = parse(vec!["cloud-expert".into(), "legacy".into(), "--out".into(), legacy.display().to_string()])?;
+    let parse = |args: Vec<String>| {
+        Cli::try_parse_from(args).map_err(|e| CloudError::Config(e.to_string()))
+    };
+    let cli = parse(vec![
+        "cloud-expert".into(),
+        "legacy".into(),
+        "--out".into(),
+        legacy.display().to_string(),
+    ])?;
     if let Command::Legacy(l) = &cli.command {
         crate::legacy_model::run(l)?;
     }
     let epochs = a.epochs.to_string();
     let cli = parse(
         [
-            "cloud-expert", "train", "--repo", &repo.display().to_string(), "--legacy", &legacy.display().to_string(),
-            "--grid", "1,0.25", "--epochs", &epochs, "--patience", "1000", "--no-progress",
+            "cloud-expert",
+            "train",
+            "--repo",
+            &repo.display().to_string(),
+            "--legacy",
+            &legacy.display().to_string(),
+            "--grid",
+            "1,0.25",
+            "--epochs",
+            &epochs,
+            "--patience",
+            "1000",
+            "--no-progress",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -70,9 +88,20 @@ pub fn run(a: &BenchArgs) -> Result<(), CloudError> {
     for v in [&mut lat_m, &mut lat_r, &mut lat_total] {
         v.sort_by(f64::total_cmp);
     }
-    println!("device decision latency over {} inputs (batch 1, tract, one thread):", lat_total.len());
-    for (name, v) in [("m (legacy)", &lat_m), ("r (rejector)", &lat_r), ("m + r", &lat_total)] {
-        println!("  {name:<13} p50 {:>7.1} us   p99 {:>7.1} us", pct(v, 50.0), pct(v, 99.0));
+    println!(
+        "device decision latency over {} inputs (batch 1, tract, one thread):",
+        lat_total.len()
+    );
+    for (name, v) in [
+        ("m (legacy)", &lat_m),
+        ("r (rejector)", &lat_r),
+        ("m + r", &lat_total),
+    ] {
+        println!(
+            "  {name:<13} p50 {:>7.1} us   p99 {:>7.1} us",
+            pct(v, 50.0),
+            pct(v, 99.0)
+        );
     }
     tracing::debug!(offloads, "bench done");
     let _ = std::fs::remove_dir_all(&dir);

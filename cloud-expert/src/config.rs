@@ -138,7 +138,12 @@ pub struct TrainArgs {
     #[arg(long, env = "OFFLOAD_WEIGHT_EXPERT")]
     pub weight_expert_by_offload: bool,
     /// Stage-switching rejector loss: consistent (default) or released (authors' code, reproduction only).
-    #[arg(long, env = "OFFLOAD_REJECTOR_LOSS", value_enum, default_value = "consistent")]
+    #[arg(
+        long,
+        env = "OFFLOAD_REJECTOR_LOSS",
+        value_enum,
+        default_value = "consistent"
+    )]
     pub rejector_loss: RejectorLoss,
     /// Maximum epochs.
     #[arg(long, env = "OFFLOAD_EPOCHS", default_value_t = 80)]

@@ -39,7 +39,12 @@ pub fn run_eval(a: &EvalArgs) -> Result<Report, CloudError> {
             RejectorKind::PlugIn => trained_threshold(meta.kind, costs),
         };
         let scores = onnx_scores(&stored.rejector, &test, costs.c1)?;
-        let cmp = compare_methods(&predictions(&test, e_pred.clone()), &scores, threshold, costs);
+        let cmp = compare_methods(
+            &predictions(&test, e_pred.clone()),
+            &scores,
+            threshold,
+            costs,
+        );
         report.insert(&costs.key(), cmp);
     }
     Ok(report)
@@ -52,12 +57,24 @@ pub fn run_check(a: &CheckExportArgs) -> Result<f32, CloudError> {
     let splits = stored.expert_meta.dataset.load_splits()?;
     let test = SplitTensors::new(&splits.test, &stored.legacy, tch::Device::Cpu)?;
     let n = test.len();
-    let onnx = stored.rejector.outputs(&test.features, &test.m_probs_host, n)?;
-    let tch_out = crate::nets::to_vec(&tch::no_grad(|| stored.models.rejector_outputs(&test.x, &test.m_probs)))?;
+    let onnx = stored
+        .rejector
+        .outputs(&test.features, &test.m_probs_host, n)?;
+    let tch_out = crate::nets::to_vec(&tch::no_grad(|| {
+        stored.models.rejector_outputs(&test.x, &test.m_probs)
+    }))?;
     if onnx.len() != tch_out.len() {
-        return Err(CloudError::ExportMismatch(format!("{} ONNX values vs {} tch values", onnx.len(), tch_out.len())));
+        return Err(CloudError::ExportMismatch(format!(
+            "{} ONNX values vs {} tch values",
+            onnx.len(),
+            tch_out.len()
+        )));
     }
-    let diff = onnx.iter().zip(&tch_out).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    let diff = onnx
+        .iter()
+        .zip(&tch_out)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
     if let Some(out) = &a.out {
         std::fs::create_dir_all(out).map_err(io_err(out))?;
         let mut shape = vec![n];
@@ -74,11 +91,19 @@ pub fn run_check(a: &CheckExportArgs) -> Result<f32, CloudError> {
         let width = tch_out.len() / n.max(1);
         let oshape = if width == 1 { vec![n] } else { vec![n, width] };
         write("tch_outputs.npy", &oshape, &tch_out)?;
-        std::fs::write(out.join("uses_legacy_probs"), stored.rejector.uses_legacy_probs().to_string()).map_err(io_err(out))?;
-        std::fs::copy(stored.dir.join("rejector.onnx"), out.join("rejector.onnx")).map_err(io_err(out))?;
+        std::fs::write(
+            out.join("uses_legacy_probs"),
+            stored.rejector.uses_legacy_probs().to_string(),
+        )
+        .map_err(io_err(out))?;
+        std::fs::copy(stored.dir.join("rejector.onnx"), out.join("rejector.onnx"))
+            .map_err(io_err(out))?;
     }
     if diff > a.tolerance {
-        return Err(CloudError::ExportMismatch(format!("max |tch - ONNX| = {diff:e} exceeds {:e}", a.tolerance)));
+        return Err(CloudError::ExportMismatch(format!(
+            "max |tch - ONNX| = {diff:e} exceeds {:e}",
+            a.tolerance
+        )));
     }
     Ok(diff)
 }

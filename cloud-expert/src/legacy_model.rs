@@ -44,7 +44,11 @@ pub fn run(a: &LegacyArgs) -> Result<LegacyOutcome, CloudError> {
     .map_err(CloudError::Config)?;
     let x = Tensor::from_slice(sub.features()).view([sub.len() as i64, d as i64]);
     let y = Tensor::from_slice(&sub.labels().iter().map(|&l| l as i64).collect::<Vec<_>>());
-    let mut opt = nn::Adam { wd: 1e-3, ..Default::default() }.build(&vs, 1e-2)?;
+    let mut opt = nn::Adam {
+        wd: 1e-3,
+        ..Default::default()
+    }
+    .build(&vs, 1e-2)?;
     for _ in 0..a.epochs {
         let loss = net.forward(&x, None).cross_entropy_for_logits(&y);
         opt.backward_step(&loss);
@@ -52,14 +56,24 @@ pub fn run(a: &LegacyArgs) -> Result<LegacyOutcome, CloudError> {
     let test = &splits.test;
     let tx = Tensor::from_slice(test.features()).view([test.len() as i64, d as i64]);
     let ty = Tensor::from_slice(&test.labels().iter().map(|&l| l as i64).collect::<Vec<_>>());
-    let acc = tch::no_grad(|| net.forward(&tx, None).argmax(-1, false).eq_tensor(&ty).to_kind(Kind::Float).mean(Kind::Float))
-        .double_value(&[]);
+    let acc = tch::no_grad(|| {
+        net.forward(&tx, None)
+            .argmax(-1, false)
+            .eq_tensor(&ty)
+            .to_kind(Kind::Float)
+            .mean(Kind::Float)
+    })
+    .double_value(&[]);
     let mut g = GraphBuilder::new();
     let mut dims = vec![Dim::Batch];
     dims.extend(sub.sample_shape().iter().map(|&v| Dim::Fixed(v)));
     let input = g.input("input", &dims);
     let logits = net.export(&mut g, &input, None)?;
-    g.output(&logits, "logits", &[Dim::Batch, Dim::Fixed(sub.num_classes())]);
+    g.output(
+        &logits,
+        "logits",
+        &[Dim::Batch, Dim::Fixed(sub.num_classes())],
+    );
     g.metadata("note", "deliberately weak legacy model for demos and tests");
     if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(io_err(parent))?;

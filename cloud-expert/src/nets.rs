@@ -49,7 +49,10 @@ impl Net {
         let inv: Vec<f32> = spec.norm.std.iter().map(|s| 1.0 / s).collect();
         let mean = path.var_copy("norm_mean", &Tensor::from_slice(&spec.norm.mean));
         let inv_std = path.var_copy("norm_inv_std", &Tensor::from_slice(&inv));
-        let _ = (mean.set_requires_grad(false), inv_std.set_requires_grad(false));
+        let _ = (
+            mean.set_requires_grad(false),
+            inv_std.set_requires_grad(false),
+        );
         let mut convs = Vec::new();
         let mut width = d;
         if let Arch::Cnn { channels, .. } = &spec.arch {
@@ -65,7 +68,13 @@ impl Net {
                     padding: (KERNEL / 2) as i64,
                     ..Default::default()
                 };
-                convs.push(nn::conv2d(path / format!("conv{i}"), cin as i64, cout as i64, KERNEL as i64, cfg));
+                convs.push(nn::conv2d(
+                    path / format!("conv{i}"),
+                    cin as i64,
+                    cout as i64,
+                    KERNEL as i64,
+                    cfg,
+                ));
                 cin = cout;
                 hh /= 2;
                 ww /= 2;
@@ -82,11 +91,28 @@ impl Net {
         let mut hidden = Vec::new();
         let mut fan_in = width + spec.extra_inputs;
         for (i, &h) in hidden_sizes.iter().enumerate() {
-            hidden.push(nn::linear(path / format!("fc{i}"), fan_in as i64, h as i64, Default::default()));
+            hidden.push(nn::linear(
+                path / format!("fc{i}"),
+                fan_in as i64,
+                h as i64,
+                Default::default(),
+            ));
             fan_in = h;
         }
-        let head = nn::linear(path / "head", fan_in as i64, spec.out_dim as i64, Default::default());
-        Ok(Self { spec, mean, inv_std, convs, hidden, head })
+        let head = nn::linear(
+            path / "head",
+            fan_in as i64,
+            spec.out_dim as i64,
+            Default::default(),
+        );
+        Ok(Self {
+            spec,
+            mean,
+            inv_std,
+            convs,
+            hidden,
+            head,
+        })
     }
 
     /// The build spec.
@@ -117,19 +143,33 @@ impl Net {
 
     /// Appends this network to an ONNX graph: `input` holds raw features with the data's sample
     /// shape, `extra` the optional extra features. Returns the name of the head's output.
-    pub fn export(&self, g: &mut GraphBuilder, input: &str, extra: Option<&str>) -> Result<String, tch::TchError> {
+    pub fn export(
+        &self,
+        g: &mut GraphBuilder,
+        input: &str,
+        extra: Option<&str>,
+    ) -> Result<String, tch::TchError> {
         let shape = &self.spec.input_shape;
         let mean = to_vec(&self.mean)?;
         let inv = to_vec(&self.inv_std)?;
         let mut h = if self.convs.is_empty() {
-            let flat = if shape.len() > 1 { g.flatten(input) } else { input.to_string() };
+            let flat = if shape.len() > 1 {
+                g.flatten(input)
+            } else {
+                input.to_string()
+            };
             g.normalize(&flat, &[mean.len()], &mean, &inv)
         } else {
             let mut h = g.normalize(input, shape, &mean, &inv);
             let mut cin = shape[0];
             for conv in &self.convs {
                 let w = to_vec(&conv.ws)?;
-                let b = conv.bs.as_ref().map(to_vec).transpose()?.unwrap_or_default();
+                let b = conv
+                    .bs
+                    .as_ref()
+                    .map(to_vec)
+                    .transpose()?
+                    .unwrap_or_default();
                 h = g.conv2d(&h, &w, &b, cin, KERNEL);
                 h = g.unary("Relu", &h);
                 h = g.max_pool2(&h);

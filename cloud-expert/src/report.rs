@@ -58,11 +58,24 @@ impl Report {
             self.model, self.version, self.task, self.mode, self.n_test
         );
         for (key, methods) in &self.results {
-            let _ = writeln!(s, "\ncost pair (c_1, c_e) = ({key}){}", if *key == self.deployed_costs { "  [deployed]" } else { "" });
-            let _ = writeln!(s, "  {:<11} {:>9} {:>9} {:>8} {:>7} {:>7}", "method", "sys.acc", "sys.loss", "offload", "m|off", "e|off");
+            let _ = writeln!(
+                s,
+                "\ncost pair (c_1, c_e) = ({key}){}",
+                if *key == self.deployed_costs {
+                    "  [deployed]"
+                } else {
+                    ""
+                }
+            );
+            let _ = writeln!(
+                s,
+                "  {:<11} {:>9} {:>9} {:>8} {:>7} {:>7}",
+                "method", "sys.acc", "sys.loss", "offload", "m|off", "e|off"
+            );
             for m in METHODS {
                 if let Some(r) = methods.get(m) {
-                    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}", 100.0 * v));
+                    let pct =
+                        |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}", 100.0 * v));
                     let _ = writeln!(
                         s,
                         "  {:<11} {:>8.2}% {:>9.4} {:>7.1}% {:>7} {:>7}",
@@ -76,14 +89,21 @@ impl Report {
                 }
             }
             if let (Some(c), Some(l)) = (methods.get("confidence"), methods.get("l2h")) {
-                let verdict = if l.system_loss < c.system_loss { "L2H beats confidence" } else { "L2H does NOT beat confidence" };
+                let verdict = if l.system_loss < c.system_loss {
+                    "L2H beats confidence"
+                } else {
+                    "L2H does NOT beat confidence"
+                };
                 let gap = self.gap_closed.get(key).copied().flatten();
                 let _ = writeln!(
                     s,
                     "  -> {verdict} at the same offload rate ({:.4} vs {:.4}){}",
                     l.system_loss,
                     c.system_loss,
-                    gap.map_or(String::new(), |g| format!("; gap to oracle closed: {:.0}%", 100.0 * g))
+                    gap.map_or(String::new(), |g| format!(
+                        "; gap to oracle closed: {:.0}%",
+                        100.0 * g
+                    ))
                 );
             }
         }

@@ -32,7 +32,12 @@ pub fn load(repo: &Path, model: &str, version: Option<&str>) -> Result<StoredPai
     let rejector_meta: RejectorMeta = read_json(&dir.join(files::REJECTOR_META))?;
     let rej_weights = dir.join("rejector.safetensors");
     let named = tch::Tensor::read_safetensors(&rej_weights)?;
-    let size0 = |name: &str| named.iter().find(|(k, _)| k == name).map(|(_, t)| t.size()[0]);
+    let size0 = |name: &str| {
+        named
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, t)| t.size()[0])
+    };
     let agreement = size0("agree.weight").is_some();
     let head_out = size0("agree.weight")
         .or_else(|| size0("head.weight"))
@@ -58,7 +63,15 @@ pub fn load(repo: &Path, model: &str, version: Option<&str>) -> Result<StoredPai
     models.rejector_vs.load(&rej_weights)?;
     let onnx_path = dir.join(files::REJECTOR);
     let bytes = std::fs::read(&onnx_path).map_err(crate::error::io_err(&onnx_path))?;
-    let rejector = RejectorModel::from_bytes(&onnx_path.display().to_string(), &bytes, rejector_meta.kind)?;
+    let rejector =
+        RejectorModel::from_bytes(&onnx_path.display().to_string(), &bytes, rejector_meta.kind)?;
     let legacy = LegacyModel::load(&dir.join(files::LEGACY), rejector_meta.legacy_output)?;
-    Ok(StoredPair { dir, expert_meta, rejector_meta, models, rejector, legacy })
+    Ok(StoredPair {
+        dir,
+        expert_meta,
+        rejector_meta,
+        models,
+        rejector,
+        legacy,
+    })
 }

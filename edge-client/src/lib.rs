@@ -65,12 +65,17 @@ impl EdgeModels {
             });
         }
         let path = dir.join(files::REJECTOR);
-        let bytes = std::fs::read(&path).map_err(|source| offload_shared::engine::EngineError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let bytes =
+            std::fs::read(&path).map_err(|source| offload_shared::engine::EngineError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
         let rejector = RejectorModel::from_bytes(&path.display().to_string(), &bytes, meta.kind)?;
-        Ok(Self { legacy, rejector, meta })
+        Ok(Self {
+            legacy,
+            rejector,
+            meta,
+        })
     }
 
     /// Bundle metadata.

@@ -38,16 +38,28 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Decide { bundle, data, threshold } => {
+        Command::Decide {
+            bundle,
+            data,
+            threshold,
+        } => {
             let models = edge_client::EdgeModels::load(&bundle)?;
             let ds = offload_shared::dataset::DataSource::parse(&data, None)?.load()?;
             let mut offloads = 0;
             for i in 0..ds.len() {
                 let d = models.decide(ds.row(i), threshold)?;
                 offloads += d.offload as usize;
-                println!("{}", serde_json::json!({"id": i, "label": ds.labels()[i], "decision": d}));
+                println!(
+                    "{}",
+                    serde_json::json!({"id": i, "label": ds.labels()[i], "decision": d})
+                );
             }
-            eprintln!("{} inputs, {} offloaded ({:.1}%)", ds.len(), offloads, 100.0 * offloads as f64 / ds.len().max(1) as f64);
+            eprintln!(
+                "{} inputs, {} offloaded ({:.1}%)",
+                ds.len(),
+                offloads,
+                100.0 * offloads as f64 / ds.len().max(1) as f64
+            );
         }
         Command::Bench { bundle, iterations } => {
             let models = edge_client::EdgeModels::load(&bundle)?;
@@ -63,7 +75,12 @@ fn main() -> anyhow::Result<()> {
             }
             lat.sort_by(f64::total_cmp);
             let p = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
-            println!("edge decision m + r: {} inputs, p50 {:.1} us, p99 {:.1} us", lat.len(), p(0.5), p(0.99));
+            println!(
+                "edge decision m + r: {} inputs, p50 {:.1} us, p99 {:.1} us",
+                lat.len(),
+                p(0.5),
+                p(0.99)
+            );
         }
     }
     Ok(())

@@ -105,13 +105,20 @@ impl OnnxModel {
             reason,
         };
         let proto = pb::ModelProto::decode(bytes).map_err(|e| invalid(format!("protobuf: {e}")))?;
-        let graph = proto.graph.as_ref().ok_or_else(|| invalid("no graph".into()))?;
+        let graph = proto
+            .graph
+            .as_ref()
+            .ok_or_else(|| invalid("no graph".into()))?;
         let init: std::collections::HashSet<&str> =
             graph.initializer.iter().map(|t| t.name.as_str()).collect();
         let mut input_names = Vec::new();
         let mut input_shapes = Vec::new();
         let mut batch_pinned = false;
-        for vi in graph.input.iter().filter(|vi| !init.contains(vi.name.as_str())) {
+        for vi in graph
+            .input
+            .iter()
+            .filter(|vi| !init.contains(vi.name.as_str()))
+        {
             let (dims, elem) = declared_shape(vi).ok_or_else(|| EngineError::Interface {
                 model: name.into(),
                 role: "a model",
@@ -132,7 +139,10 @@ impl OnnxModel {
                         return Err(EngineError::Interface {
                             model: name.into(),
                             role: "a model",
-                            reason: format!("input `{}` dimension {k} is not a fixed size", vi.name),
+                            reason: format!(
+                                "input `{}` dimension {k} is not a fixed size",
+                                vi.name
+                            ),
                         })
                     }
                 }
@@ -274,7 +284,9 @@ impl OnnxModel {
         outs.into_iter()
             .map(|o| {
                 let t = o.cast_to::<f32>().map_err(|e| self.run_err(e))?;
-                let view = t.to_plain_array_view::<f32>().map_err(|e| self.run_err(e))?;
+                let view = t
+                    .to_plain_array_view::<f32>()
+                    .map_err(|e| self.run_err(e))?;
                 let mut shape = view.shape().to_vec();
                 if shape.is_empty() {
                     shape.push(1);

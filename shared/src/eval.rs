@@ -51,10 +51,10 @@ pub fn score_routing(p: &Predictions, offload: &[bool], costs: Costs) -> MethodR
     let n = p.labels.len();
     let (mut correct, mut loss, mut off) = (0usize, 0.0f64, 0usize);
     let (mut m_loc, mut m_off, mut e_off, mut e_loc) = (0, 0, 0, 0);
-    for i in 0..n {
+    for (i, &off_i) in offload.iter().enumerate().take(n) {
         let m_ok = p.m_pred[i] == p.labels[i];
         let e_ok = p.e_pred[i] == p.labels[i];
-        if offload[i] {
+        if off_i {
             off += 1;
             correct += e_ok as usize;
             loss += costs.ce as f64 + costs.c1 as f64 * (!e_ok) as u8 as f64;
@@ -82,12 +82,19 @@ pub fn score_routing(p: &Predictions, offload: &[bool], costs: Costs) -> MethodR
 /// Random offloading at `rate`: the exact expectation over random choices (no sampling noise).
 pub fn score_random(p: &Predictions, rate: f64, costs: Costs) -> MethodResult {
     let n = p.labels.len() as f64;
-    let acc_m = (0..p.labels.len()).filter(|&i| p.m_pred[i] == p.labels[i]).count() as f64 / n;
-    let acc_e = (0..p.labels.len()).filter(|&i| p.e_pred[i] == p.labels[i]).count() as f64 / n;
+    let acc_m = (0..p.labels.len())
+        .filter(|&i| p.m_pred[i] == p.labels[i])
+        .count() as f64
+        / n;
+    let acc_e = (0..p.labels.len())
+        .filter(|&i| p.e_pred[i] == p.labels[i])
+        .count() as f64
+        / n;
     let both = |v: f64| (rate > 0.0 && rate < 1.0).then_some(v);
     MethodResult {
         system_accuracy: (1.0 - rate) * acc_m + rate * acc_e,
-        system_loss: (1.0 - rate) * (1.0 - acc_m) + rate * (costs.ce as f64 + costs.c1 as f64 * (1.0 - acc_e)),
+        system_loss: (1.0 - rate) * (1.0 - acc_m)
+            + rate * (costs.ce as f64 + costs.c1 as f64 * (1.0 - acc_e)),
         offload_rate: rate,
         offloaded: (rate * n).round() as usize,
         m_accuracy_local: both(acc_m).or((rate == 0.0).then_some(acc_m)),
@@ -136,7 +143,8 @@ pub fn ranking_curve(p: &Predictions, priority: &[f32], costs: Costs) -> (Vec<Cu
     }];
     for (k, &i) in order.iter().enumerate() {
         correct += e_ok[i] as u8 as f64 - m_ok[i] as u8 as f64;
-        loss += costs.ce as f64 + costs.c1 as f64 * (!e_ok[i]) as u8 as f64 - (!m_ok[i]) as u8 as f64;
+        loss +=
+            costs.ce as f64 + costs.c1 as f64 * (!e_ok[i]) as u8 as f64 - (!m_ok[i]) as u8 as f64;
         points.push(CurvePoint {
             offload_rate: (k + 1) as f64 / n as f64,
             system_accuracy: correct / n as f64,
@@ -145,7 +153,10 @@ pub fn ranking_curve(p: &Predictions, priority: &[f32], costs: Costs) -> (Vec<Cu
     }
     let auc = points
         .windows(2)
-        .map(|w| (w[1].offload_rate - w[0].offload_rate) * (w[0].system_accuracy + w[1].system_accuracy) / 2.0)
+        .map(|w| {
+            (w[1].offload_rate - w[0].offload_rate) * (w[0].system_accuracy + w[1].system_accuracy)
+                / 2.0
+        })
         .sum();
     (points, auc)
 }
@@ -177,7 +188,12 @@ pub struct CostReport {
 
 /// Runs every method for one cost pair. `l2h_score` is the rejector's decision score and
 /// `threshold` its trained threshold (offload iff score > threshold).
-pub fn compare_methods(p: &Predictions, l2h_score: &[f32], threshold: f32, costs: Costs) -> CostReport {
+pub fn compare_methods(
+    p: &Predictions,
+    l2h_score: &[f32],
+    threshold: f32,
+    costs: Costs,
+) -> CostReport {
     let n = p.labels.len();
     let l2h_offload: Vec<bool> = l2h_score.iter().map(|&s| s > threshold).collect();
     let l2h = score_routing(p, &l2h_offload, costs);
@@ -188,7 +204,13 @@ pub fn compare_methods(p: &Predictions, l2h_score: &[f32], threshold: f32, costs
     let confidence_threshold = {
         let mut c: Vec<f32> = p.m_conf.clone();
         c.sort_by(f32::total_cmp);
-        (k > 0).then(|| if k < n { (c[k - 1] + c[k]) / 2.0 } else { f32::INFINITY })
+        (k > 0).then(|| {
+            if k < n {
+                (c[k - 1] + c[k]) / 2.0
+            } else {
+                f32::INFINITY
+            }
+        })
     };
     let oracle: Vec<bool> = (0..n)
         .map(|i| p.m_pred[i] != p.labels[i] && p.e_pred[i] == p.labels[i])

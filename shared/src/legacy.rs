@@ -109,7 +109,11 @@ impl LegacyModel {
 
     /// Checks that data of this sample shape and class count can be fed to the model. Flat and
     /// image layouts are interchangeable when the element counts agree (both are row-major).
-    pub fn check_compatible(&self, sample_shape: &[usize], num_classes: usize) -> Result<(), EngineError> {
+    pub fn check_compatible(
+        &self,
+        sample_shape: &[usize],
+        num_classes: usize,
+    ) -> Result<(), EngineError> {
         let want: usize = self.input_shape().iter().product();
         let got: usize = sample_shape.iter().product();
         if want != got {

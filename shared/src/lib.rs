@@ -4,10 +4,10 @@
 #![warn(missing_docs)]
 
 pub mod dataset;
-pub mod rng;
 pub mod engine;
+pub mod eval;
 pub mod legacy;
 pub mod onnx_build;
 pub mod rejector;
-pub mod eval;
 pub mod repository;
+pub mod rng;

@@ -168,7 +168,14 @@ impl GraphBuilder {
     }
 
     /// 2-D convolution, weight `[out, in, k, k]`, stride 1, "same" zero padding for odd `k`.
-    pub fn conv2d(&mut self, x: &str, weight: &[f32], bias: &[f32], in_ch: usize, k: usize) -> String {
+    pub fn conv2d(
+        &mut self,
+        x: &str,
+        weight: &[f32],
+        bias: &[f32],
+        in_ch: usize,
+        k: usize,
+    ) -> String {
         let out_ch = bias.len();
         let w = self.constant("conv_weight", &[out_ch, in_ch, k, k], weight);
         let b = self.constant("conv_bias", &[out_ch], bias);
@@ -189,7 +196,10 @@ impl GraphBuilder {
         self.node(
             "MaxPool",
             &[x],
-            vec![ints_attr("kernel_shape", &[2, 2]), ints_attr("strides", &[2, 2])],
+            vec![
+                ints_attr("kernel_shape", &[2, 2]),
+                ints_attr("strides", &[2, 2]),
+            ],
         )
     }
 
@@ -221,12 +231,20 @@ impl GraphBuilder {
 
     /// Index of the largest value along axis 1, kept as `[N, 1]` (int64).
     pub fn argmax_keep(&mut self, x: &str) -> String {
-        self.node("ArgMax", &[x], vec![int_attr("axis", 1), int_attr("keepdims", 1)])
+        self.node(
+            "ArgMax",
+            &[x],
+            vec![int_attr("axis", 1), int_attr("keepdims", 1)],
+        )
     }
 
     /// Largest value along axis 1, kept as `[N, 1]`.
     pub fn max_keep(&mut self, x: &str) -> String {
-        self.node("ReduceMax", &[x], vec![ints_attr("axes", &[1]), int_attr("keepdims", 1)])
+        self.node(
+            "ReduceMax",
+            &[x],
+            vec![ints_attr("axes", &[1]), int_attr("keepdims", 1)],
+        )
     }
 
     /// `out[n, 0] = x[n, idx[n, 0]]`.

@@ -38,7 +38,9 @@ impl Costs {
     /// (otherwise offloading can never pay and the problem is degenerate).
     pub fn new(c1: f32, ce: f32) -> Result<Self, String> {
         if !(c1.is_finite() && ce.is_finite()) || c1 < 0.0 || ce < 0.0 {
-            return Err(format!("costs must be finite and non-negative (got c_1={c1}, c_e={ce})"));
+            return Err(format!(
+                "costs must be finite and non-negative (got c_1={c1}, c_e={ce})"
+            ));
         }
         if c1 > 10.0 || ce >= 1.0 {
             return Err(format!(
@@ -93,14 +95,18 @@ impl RejectorModel {
             || names.len() > 2
             || (names.len() == 2 && names[1] != "legacy_probs")
         {
-            return Err(bad(format!("inputs are {names:?}; expected [input] or [input, legacy_probs]")));
+            return Err(bad(format!(
+                "inputs are {names:?}; expected [input] or [input, legacy_probs]"
+            )));
         }
         let want = match kind {
             RejectorKind::Score => "score",
             RejectorKind::PlugIn => "q",
         };
         if model.output_names().first().map(String::as_str) != Some(want) {
-            return Err(bad(format!("first output must be `{want}` for kind {kind:?}")));
+            return Err(bad(format!(
+                "first output must be `{want}` for kind {kind:?}"
+            )));
         }
         Ok(Self { model, kind })
     }
@@ -126,7 +132,12 @@ impl RejectorModel {
     }
 
     /// Raw outputs for `n` inputs: `n` scores, or `n * 2` values (q_m, q_e) for plug-in.
-    pub fn outputs(&self, x: &[f32], legacy_probs: &[f32], n: usize) -> Result<Vec<f32>, EngineError> {
+    pub fn outputs(
+        &self,
+        x: &[f32],
+        legacy_probs: &[f32],
+        n: usize,
+    ) -> Result<Vec<f32>, EngineError> {
         let out = if self.uses_legacy_probs() {
             self.model.run(&[x, legacy_probs], n)?
         } else {
@@ -144,7 +155,13 @@ impl RejectorModel {
     }
 
     /// Decision scores for `n` inputs under expert-error weight `c1`.
-    pub fn decision_scores(&self, x: &[f32], legacy_probs: &[f32], n: usize, c1: f32) -> Result<Vec<f32>, EngineError> {
+    pub fn decision_scores(
+        &self,
+        x: &[f32],
+        legacy_probs: &[f32],
+        n: usize,
+        c1: f32,
+    ) -> Result<Vec<f32>, EngineError> {
         let raw = self.outputs(x, legacy_probs, n)?;
         Ok(raw
             .chunks(self.row_len())

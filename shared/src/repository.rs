@@ -91,7 +91,9 @@ impl Arch {
         };
         let (kind, rest) = s.split_once(':').unwrap_or((s, ""));
         match kind {
-            "mlp" => Ok(Arch::Mlp { hidden: list(rest)? }),
+            "mlp" => Ok(Arch::Mlp {
+                hidden: list(rest)?,
+            }),
             "cnn" => {
                 let (ch, hid) = rest.split_once('/').unwrap_or((rest, "64"));
                 let channels = list(ch)?;
@@ -101,7 +103,9 @@ impl Arch {
                 let hidden = hid.parse().map_err(|e| format!("`{s}`: {e}"))?;
                 Ok(Arch::Cnn { channels, hidden })
             }
-            _ => Err(format!("`{s}`: expected mlp:H1,H2,.. or cnn:C1,C2,../HIDDEN")),
+            _ => Err(format!(
+                "`{s}`: expected mlp:H1,H2,.. or cnn:C1,C2,../HIDDEN"
+            )),
         }
     }
 }
@@ -234,7 +238,11 @@ impl Repository {
     }
 
     /// Directory of a version; `None` selects the latest complete one.
-    pub fn version_dir(&self, model: &str, version: Option<&str>) -> Result<PathBuf, RepositoryError> {
+    pub fn version_dir(
+        &self,
+        model: &str,
+        version: Option<&str>,
+    ) -> Result<PathBuf, RepositoryError> {
         let v = match version {
             Some(v) => v.to_string(),
             None => self
@@ -303,11 +311,19 @@ mod tests {
 
     #[test]
     fn arch_parsing() {
-        assert_eq!(Arch::parse("mlp:64,32").unwrap(), Arch::Mlp { hidden: vec![64, 32] });
+        assert_eq!(
+            Arch::parse("mlp:64,32").unwrap(),
+            Arch::Mlp {
+                hidden: vec![64, 32]
+            }
+        );
         assert_eq!(Arch::parse("mlp").unwrap(), Arch::Mlp { hidden: vec![] });
         assert_eq!(
             Arch::parse("cnn:8,16/32").unwrap(),
-            Arch::Cnn { channels: vec![8, 16], hidden: 32 }
+            Arch::Cnn {
+                channels: vec![8, 16],
+                hidden: 32
+            }
         );
         assert!(Arch::parse("rnn").is_err());
     }

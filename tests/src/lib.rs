@@ -65,16 +65,29 @@ pub fn run_ok(name: &str, args: &[&str]) -> String {
 pub fn run_err(name: &str, args: &[&str]) -> String {
     let out = run(name, args);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "{name} {args:?} unexpectedly succeeded");
-    assert!(!stderr.contains("panicked"), "{name} {args:?} panicked:\n{stderr}");
-    assert_eq!(out.status.code(), Some(1), "exit code for {args:?}; stderr:\n{stderr}");
+    assert!(
+        !out.status.success(),
+        "{name} {args:?} unexpectedly succeeded"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "{name} {args:?} panicked:\n{stderr}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "exit code for {args:?}; stderr:\n{stderr}"
+    );
     stderr
 }
 
 /// Writes a weak legacy model for `task` into `dir` and returns its path.
 pub fn legacy(dir: &Path, task: &str) -> PathBuf {
     let p = dir.join(format!("legacy-{}.onnx", task.replace([':', ','], "_")));
-    run_ok("cloud-expert", &["legacy", "--task", task, "--out", p.to_str().unwrap()]);
+    run_ok(
+        "cloud-expert",
+        &["legacy", "--task", task, "--out", p.to_str().unwrap()],
+    );
     p
 }
 
@@ -82,8 +95,14 @@ pub fn legacy(dir: &Path, task: &str) -> PathBuf {
 pub fn train(dir: &Path, legacy: &Path, model: &str, extra: &[&str]) -> PathBuf {
     let repo = dir.join("repo");
     let mut args = vec![
-        "train", "--repo", repo.to_str().unwrap(), "--model", model,
-        "--legacy", legacy.to_str().unwrap(), "--no-progress",
+        "train",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--model",
+        model,
+        "--legacy",
+        legacy.to_str().unwrap(),
+        "--no-progress",
     ];
     args.extend_from_slice(extra);
     run_ok("cloud-expert", &args);

@@ -139,11 +139,26 @@ pub fn val_system_loss(models: &PairModels, data: &TaskTensors, costs: Costs) ->
 }
 
 /// Trains the pair in place and keeps the weights of the best validation epoch.
-pub fn fit(models: &mut PairModels, data: &TaskTensors, costs: Costs, s: &FitSettings, label: &str) -> Result<FitSummary, tch::TchError> {
+pub fn fit(
+    models: &mut PairModels,
+    data: &TaskTensors,
+    costs: Costs,
+    s: &FitSettings,
+    label: &str,
+) -> Result<FitSummary, tch::TchError> {
     tch::manual_seed(s.seed as i64);
     let build = |vs: &nn::VarStore, lr: f64| match s.optimizer {
-        Optim::Adam => nn::Adam { wd: s.weight_decay, ..Default::default() }.build(vs, lr),
-        Optim::Sgd => nn::Sgd { momentum: 0.9, wd: s.weight_decay, ..Default::default() }.build(vs, lr),
+        Optim::Adam => nn::Adam {
+            wd: s.weight_decay,
+            ..Default::default()
+        }
+        .build(vs, lr),
+        Optim::Sgd => nn::Sgd {
+            momentum: 0.9,
+            wd: s.weight_decay,
+            ..Default::default()
+        }
+        .build(vs, lr),
     };
     let mut opt_e = build(&models.expert_vs, s.lr_expert)?;
     let mut opt_r = build(&models.rejector_vs, s.lr_rejector)?;
@@ -154,14 +169,19 @@ pub fn fit(models: &mut PairModels, data: &TaskTensors, costs: Costs, s: &FitSet
         s.alpha.unwrap_or_else(|| {
             let (a, clamped) = calibrated_alpha(m_error, costs);
             if clamped {
-                tracing::warn!(m_error, alpha = a, "legacy error rate outside the calibration range; alpha from the clamped rate");
+                tracing::warn!(
+                    m_error,
+                    alpha = a,
+                    "legacy error rate outside the calibration range; alpha from the clamped rate"
+                );
             }
             a
         })
     });
     // The expert copy the rejector stage sees (refreshed every sync_period steps).
     let copy_vs = nn::VarStore::new(models.expert_vs.device());
-    let expert_copy = Net::new(&copy_vs.root(), models.expert.spec().clone()).map_err(tch::TchError::Kind)?;
+    let expert_copy =
+        Net::new(&copy_vs.root(), models.expert.spec().clone()).map_err(tch::TchError::Kind)?;
     let mut copy_vs = copy_vs;
     copy_vs.copy(&models.expert_vs)?;
     let bar = progress_bar(s, label);
@@ -179,10 +199,15 @@ pub fn fit(models: &mut PairModels, data: &TaskTensors, costs: Costs, s: &FitSet
             let m_probs = tr.m_probs.index_select(0, &chunk);
             let loss = match models.mode {
                 Mode::BinarySurrogate => {
-                    let mut l = surrogate_loss(models, &x, &y, &m_wrong, &m_probs, costs, alpha.unwrap_or(1.0));
-                    if let Some(logits) = models.rejector_class_logits(&x) {
-                        l = l + logits.cross_entropy_for_logits(&y) * s.aux_weight;
-                    }
+                    let l = surrogate_loss(
+                        models,
+                        &x,
+                        &y,
+                        &m_wrong,
+                        &m_probs,
+                        costs,
+                        alpha.unwrap_or(1.0),
+                    ) + aux_loss(models, &x, &y, s.aux_weight);
                     opt_e.zero_grad();
                     opt_r.zero_grad();
                     l.backward();
@@ -196,13 +221,22 @@ pub fn fit(models: &mut PairModels, data: &TaskTensors, costs: Costs, s: &FitSet
                     le.backward();
                     opt_e.step();
                     let e_wrong = tch::no_grad(|| {
-                        let src = if s.sync_period == 1 { &models.expert } else { &expert_copy };
+                        let src = if s.sync_period == 1 {
+                            &models.expert
+                        } else {
+                            &expert_copy
+                        };
                         expert_wrong(src, models.single_score, &x, &y)
                     });
-                    let mut lr = rejector_loss(models, &x, &m_probs, &m_wrong, &e_wrong, costs, s.rejector_loss);
-                    if let Some(logits) = models.rejector_class_logits(&x) {
-                        lr = lr + logits.cross_entropy_for_logits(&y) * s.aux_weight;
-                    }
+                    let lr = rejector_loss(
+                        models,
+                        &x,
+                        &m_probs,
+                        &m_wrong,
+                        &e_wrong,
+                        costs,
+                        s.rejector_loss,
+                    ) + aux_loss(models, &x, &y, s.aux_weight);
                     opt_r.zero_grad();
                     lr.backward();
                     opt_r.step();
@@ -222,7 +256,11 @@ pub fn fit(models: &mut PairModels, data: &TaskTensors, costs: Costs, s: &FitSet
         }
         let val = val_system_loss(models, data, costs);
         let train_loss = sum / batches.max(1) as f64;
-        history.push(EpochLog { epoch, train_loss, val_system_loss: val });
+        history.push(EpochLog {
+            epoch,
+            train_loss,
+            val_system_loss: val,
+        });
         bar.set_message(format!("loss {train_loss:.4}  val system loss {val:.4}"));
         bar.inc(1);
         if val < best - 1e-9 {
@@ -252,7 +290,9 @@ fn progress_bar(s: &FitSettings, label: &str) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(s.epochs as u64);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] epoch {pos}/{len} {msg}") {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] epoch {pos}/{len} {msg}")
+    {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_prefix(label.to_string());
@@ -260,7 +300,15 @@ fn progress_bar(s: &FitSettings, label: &str) -> indicatif::ProgressBar {
 }
 
 /// `L_S = 1[m != y] e^{alpha r} + c_1 e^{-r - y e} + c_e e^{-r}` with y in {-1, +1} (spec §4a).
-fn surrogate_loss(models: &PairModels, x: &Tensor, y: &Tensor, m_wrong: &Tensor, m_probs: &Tensor, costs: Costs, alpha: f64) -> Tensor {
+fn surrogate_loss(
+    models: &PairModels,
+    x: &Tensor,
+    y: &Tensor,
+    m_wrong: &Tensor,
+    m_probs: &Tensor,
+    costs: Costs,
+    alpha: f64,
+) -> Tensor {
     let mut r = models.rejector_raw(x, m_probs).squeeze_dim(1);
     let mut e = models.expert_raw(x);
     if models.squash {
@@ -280,10 +328,21 @@ fn surrogate_loss(models: &PairModels, x: &Tensor, y: &Tensor, m_wrong: &Tensor,
 
 /// Expert stage: cross-entropy (logistic loss on 2e for a single score), optionally weighted by
 /// the rejector's detached offload probability, normalised so the weights average to one.
-fn expert_loss(models: &PairModels, x: &Tensor, y: &Tensor, m_probs: &Tensor, weighted: bool) -> Tensor {
+fn expert_loss(
+    models: &PairModels,
+    x: &Tensor,
+    y: &Tensor,
+    m_probs: &Tensor,
+    weighted: bool,
+) -> Tensor {
     let per = if models.single_score {
         let e = models.expert_raw(x) * 2.0;
-        e.binary_cross_entropy_with_logits::<Tensor>(&y.to_kind(Kind::Float), None, None, tch::Reduction::None)
+        e.binary_cross_entropy_with_logits::<Tensor>(
+            &y.to_kind(Kind::Float),
+            None,
+            None,
+            tch::Reduction::None,
+        )
     } else {
         models
             .expert_raw(x)
@@ -303,6 +362,14 @@ fn expert_loss(models: &PairModels, x: &Tensor, y: &Tensor, m_probs: &Tensor, we
     }
 }
 
+/// Auxiliary class cross-entropy of an agreement rejector (zero for a plain one).
+fn aux_loss(models: &PairModels, x: &Tensor, y: &Tensor, weight: f64) -> Tensor {
+    match models.rejector_class_logits(x) {
+        Some(logits) => logits.cross_entropy_for_logits(y) * weight,
+        None => Tensor::zeros([], (Kind::Float, x.device())),
+    }
+}
+
 fn expert_wrong(net: &Net, single_score: bool, x: &Tensor, y: &Tensor) -> Tensor {
     let out = net.forward(x, None);
     let pred = if single_score {
@@ -314,11 +381,24 @@ fn expert_wrong(net: &Net, single_score: bool, x: &Tensor, y: &Tensor) -> Tensor
 }
 
 /// Rejector stage of stage-switching (weighted CE) or plug-in (two BCE heads).
-fn rejector_loss(models: &PairModels, x: &Tensor, m_probs: &Tensor, m_wrong: &Tensor, e_wrong: &Tensor, costs: Costs, variant: RejectorLoss) -> Tensor {
+fn rejector_loss(
+    models: &PairModels,
+    x: &Tensor,
+    m_probs: &Tensor,
+    m_wrong: &Tensor,
+    e_wrong: &Tensor,
+    costs: Costs,
+    variant: RejectorLoss,
+) -> Tensor {
     let raw = models.rejector_raw(x, m_probs);
     if models.mode == Mode::PlugIn {
         let target = Tensor::stack(&[m_wrong, e_wrong], 1);
-        return raw.binary_cross_entropy_with_logits::<Tensor>(&target, None, None, tch::Reduction::Mean);
+        return raw.binary_cross_entropy_with_logits::<Tensor>(
+            &target,
+            None,
+            None,
+            tch::Reduction::Mean,
+        );
     }
     let logs = raw.log_softmax(-1, Kind::Float);
     let (c1, ce) = (costs.c1 as f64, costs.ce as f64);

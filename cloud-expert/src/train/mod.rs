@@ -14,7 +14,9 @@ use offload_shared::eval::{compare_methods, CostReport, Predictions};
 use offload_shared::legacy::{LegacyModel, OutputKind};
 use offload_shared::onnx_build::OPSET;
 use offload_shared::rejector::{trained_threshold, Costs, RejectorModel};
-use offload_shared::repository::{files, quantiles, write_json, Arch, ExpertMeta, RejectorMeta, Repository};
+use offload_shared::repository::{
+    files, quantiles, write_json, Arch, ExpertMeta, RejectorMeta, Repository,
+};
 use pair::{Mode, PairModels, PairSpec};
 use std::path::PathBuf;
 use tensors::{SplitTensors, TaskTensors};
@@ -60,7 +62,11 @@ pub struct TrainOutcome {
 }
 
 /// Decision scores of an ONNX rejector (the device engine) on a split.
-pub fn onnx_scores(rej: &RejectorModel, split: &SplitTensors, c1: f32) -> Result<Vec<f32>, CloudError> {
+pub fn onnx_scores(
+    rej: &RejectorModel,
+    split: &SplitTensors,
+    c1: f32,
+) -> Result<Vec<f32>, CloudError> {
     Ok(rej.decision_scores(&split.features, &split.m_probs_host, split.len(), c1)?)
 }
 
@@ -86,15 +92,25 @@ pub fn run(a: &TrainArgs) -> Result<TrainOutcome, CloudError> {
     let expert_arch = Arch::parse(&a.expert_arch).map_err(CloudError::Config)?;
     let rejector_arch = Arch::parse(&a.rejector_arch).map_err(CloudError::Config)?;
     if a.batch_size == 0 || a.epochs == 0 {
-        return Err(CloudError::Config("--batch-size and --epochs must be positive".into()));
+        return Err(CloudError::Config(
+            "--batch-size and --epochs must be positive".into(),
+        ));
     }
     let splits = spec.load_splits()?;
     let legacy = LegacyModel::load(&a.legacy, legacy_output)?;
     legacy.check_compatible(splits.train.sample_shape(), splits.train.num_classes())?;
-    let device = if a.cuda { tch::Device::cuda_if_available() } else { tch::Device::Cpu };
+    let device = if a.cuda {
+        tch::Device::cuda_if_available()
+    } else {
+        tch::Device::Cpu
+    };
     let data = TaskTensors::new(&splits, &legacy, device)?;
     let binary = data.num_classes == 2;
-    let mode = a.mode.unwrap_or(if binary { Mode::BinarySurrogate } else { Mode::StageSwitching });
+    let mode = a.mode.unwrap_or(if binary {
+        Mode::BinarySurrogate
+    } else {
+        Mode::StageSwitching
+    });
     let pair_spec = PairSpec {
         mode,
         expert_arch: expert_arch.clone(),
@@ -123,8 +139,12 @@ pub fn run(a: &TrainArgs) -> Result<TrainOutcome, CloudError> {
         progress: !a.no_progress,
     };
     tracing::info!(
-        n_train = data.train.len(), n_val = data.val.len(), n_test = data.test.len(),
-        legacy_train_error = data.train.m_error_rate(), ?mode, "training"
+        n_train = data.train.len(),
+        n_val = data.val.len(),
+        n_test = data.test.len(),
+        legacy_train_error = data.train.m_error_rate(),
+        ?mode,
+        "training"
     );
     let repo = Repository::new(&a.repo);
     let version = repo.next_version(&a.model)?.to_string();
@@ -147,23 +167,56 @@ pub fn run(a: &TrainArgs) -> Result<TrainOutcome, CloudError> {
     for costs in &grid {
         tch::manual_seed(a.seed as i64);
         let mut models = PairModels::build(&pair_spec, device).map_err(CloudError::Config)?;
-        let summary = fit(&mut models, &data, *costs, &settings, &format!("({})", costs.key()))?;
+        let summary = fit(
+            &mut models,
+            &data,
+            *costs,
+            &settings,
+            &format!("({})", costs.key()),
+        )?;
         let onnx = models.export_rejector(&a.model)?;
         let rej = RejectorModel::from_bytes("exported rejector", &onnx, models.kind())?;
         let scores = onnx_scores(&rej, &data.test, costs.c1)?;
         let tch_scores = models.decision_scores(&data.test.x, &data.test.m_probs, costs.c1);
-        let diff = scores.iter().zip(&tch_scores).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let diff = scores
+            .iter()
+            .zip(&tch_scores)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
         let preds = predictions(&data.test, models.expert_predictions(&data.test.x));
-        let cmp: CostReport = compare_methods(&preds, &scores, trained_threshold(models.kind(), *costs), *costs);
+        let cmp: CostReport = compare_methods(
+            &preds,
+            &scores,
+            trained_threshold(models.kind(), *costs),
+            *costs,
+        );
         report.insert(&costs.key(), cmp);
-        report.training.insert(costs.key(), serde_json::to_value(&summary).unwrap_or_default());
+        report.training.insert(
+            costs.key(),
+            serde_json::to_value(&summary).unwrap_or_default(),
+        );
         if *costs == deployed {
             report.export_max_abs_diff = Some(diff);
             deployed_pair = Some((models, onnx));
         }
     }
-    let (models, onnx) = deployed_pair.ok_or_else(|| CloudError::Config("deployed pair missing".into()))?;
-    let dir = write_version(&repo, a, &spec, &version, &models, &onnx, &legacy, &data, deployed, &report, expert_arch, rejector_arch, legacy_output)?;
+    let (models, onnx) =
+        deployed_pair.ok_or_else(|| CloudError::Config("deployed pair missing".into()))?;
+    let dir = write_version(
+        &repo,
+        a,
+        &spec,
+        &version,
+        &models,
+        &onnx,
+        &legacy,
+        &data,
+        deployed,
+        &report,
+        expert_arch,
+        rejector_arch,
+        legacy_output,
+    )?;
     Ok(TrainOutcome { dir, report })
 }
 

@@ -97,21 +97,38 @@ impl PairModels {
         if spec.agreement && !spec.uses_legacy_probs {
             return Err("the agreement rejector needs the legacy probabilities as input".into());
         }
-        let out_dim = if spec.mode == Mode::BinarySurrogate { 1 } else { 2 };
+        let out_dim = if spec.mode == Mode::BinarySurrogate {
+            1
+        } else {
+            2
+        };
         let rejector_vs = nn::VarStore::new(device);
         let rejector = Net::new(
             &rejector_vs.root(),
             NetSpec {
                 arch: spec.rejector_arch.clone(),
                 input_shape: spec.input_shape.clone(),
-                extra_inputs: if spec.uses_legacy_probs && !spec.agreement { spec.num_classes } else { 0 },
-                out_dim: if spec.agreement { spec.num_classes } else { out_dim },
+                extra_inputs: if spec.uses_legacy_probs && !spec.agreement {
+                    spec.num_classes
+                } else {
+                    0
+                },
+                out_dim: if spec.agreement {
+                    spec.num_classes
+                } else {
+                    out_dim
+                },
                 norm: spec.norm.clone(),
             },
         )?;
-        let agree = spec
-            .agreement
-            .then(|| nn::linear(rejector_vs.root() / "agree", 2, out_dim as i64, Default::default()));
+        let agree = spec.agreement.then(|| {
+            nn::linear(
+                rejector_vs.root() / "agree",
+                2,
+                out_dim as i64,
+                Default::default(),
+            )
+        });
         Ok(Self {
             expert_vs,
             expert,
@@ -227,7 +244,12 @@ impl PairModels {
                 let conf = g.max_keep(mp);
                 let feats = g.concat(&[&agree, &conf]);
                 let w = crate::nets::to_vec(&lin.ws)?;
-                let b = lin.bs.as_ref().map(crate::nets::to_vec).transpose()?.unwrap_or_default();
+                let b = lin
+                    .bs
+                    .as_ref()
+                    .map(crate::nets::to_vec)
+                    .transpose()?
+                    .unwrap_or_default();
                 g.linear(&feats, &w, &b, 2)
             }
             _ => self.rejector.export(&mut g, &input, extra.as_deref())?,

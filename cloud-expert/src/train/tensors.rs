@@ -29,12 +29,19 @@ pub struct SplitTensors {
 
 impl SplitTensors {
     /// Runs the legacy model over the split and moves everything to `device`.
-    pub fn new(data: &Dataset, legacy: &LegacyModel, device: Device) -> Result<Self, offload_shared::engine::EngineError> {
+    pub fn new(
+        data: &Dataset,
+        legacy: &LegacyModel,
+        device: Device,
+    ) -> Result<Self, offload_shared::engine::EngineError> {
         let n = data.len();
         let k = legacy.num_classes();
         let probs = legacy.predict_proba(data.features(), n)?;
         let m_pred: Vec<u32> = probs.chunks(k).map(|r| argmax(r) as u32).collect();
-        let m_conf: Vec<f32> = probs.chunks(k).map(|r| r.iter().copied().fold(0.0, f32::max)).collect();
+        let m_conf: Vec<f32> = probs
+            .chunks(k)
+            .map(|r| r.iter().copied().fold(0.0, f32::max))
+            .collect();
         let wrong: Vec<f32> = m_pred
             .iter()
             .zip(data.labels())
@@ -43,9 +50,13 @@ impl SplitTensors {
         let d = data.feature_len() as i64;
         let labels_i64: Vec<i64> = data.labels().iter().map(|&l| l as i64).collect();
         Ok(Self {
-            x: Tensor::from_slice(data.features()).view([n as i64, d]).to_device(device),
+            x: Tensor::from_slice(data.features())
+                .view([n as i64, d])
+                .to_device(device),
             y: Tensor::from_slice(&labels_i64).to_device(device),
-            m_probs: Tensor::from_slice(&probs).view([n as i64, k as i64]).to_device(device),
+            m_probs: Tensor::from_slice(&probs)
+                .view([n as i64, k as i64])
+                .to_device(device),
             m_wrong: Tensor::from_slice(&wrong).to_device(device),
             m_pred,
             m_conf,
@@ -88,7 +99,11 @@ pub struct TaskTensors {
 
 impl TaskTensors {
     /// Builds all three splits.
-    pub fn new(splits: &Splits, legacy: &LegacyModel, device: Device) -> Result<Self, offload_shared::engine::EngineError> {
+    pub fn new(
+        splits: &Splits,
+        legacy: &LegacyModel,
+        device: Device,
+    ) -> Result<Self, offload_shared::engine::EngineError> {
         Ok(Self {
             train: SplitTensors::new(&splits.train, legacy, device)?,
             val: SplitTensors::new(&splits.val, legacy, device)?,

@@ -61,24 +61,38 @@ fn parse_csv(path: &Path, text: &str, label_column: Option<&str>) -> Result<Data
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .peekable();
-    let (_, first) = *lines.peek().ok_or_else(|| malformed(path, "the file is empty"))?;
+    let (_, first) = *lines
+        .peek()
+        .ok_or_else(|| malformed(path, "the file is empty"))?;
     let first_fields: Vec<&str> = first.split(',').map(str::trim).collect();
     let has_header = first_fields.iter().any(|f| f.parse::<f64>().is_err());
     let ncols = first_fields.len();
     if ncols < 2 {
-        return Err(malformed(path, "need at least one feature column and a label column"));
+        return Err(malformed(
+            path,
+            "need at least one feature column and a label column",
+        ));
     }
     let label_idx = match label_column {
         None => ncols - 1,
         Some(c) => match c.parse::<usize>() {
             Ok(i) if i < ncols => i,
             Ok(i) => {
-                return Err(malformed(path, format!("label column {i} but only {ncols} columns")))
+                return Err(malformed(
+                    path,
+                    format!("label column {i} but only {ncols} columns"),
+                ))
             }
-            Err(_) if has_header => first_fields.iter().position(|f| *f == c).ok_or_else(|| {
-                malformed(path, format!("no column named `{c}` in the header"))
-            })?,
-            Err(_) => return Err(malformed(path, format!("label column `{c}` needs a header row"))),
+            Err(_) if has_header => first_fields
+                .iter()
+                .position(|f| *f == c)
+                .ok_or_else(|| malformed(path, format!("no column named `{c}` in the header")))?,
+            Err(_) => {
+                return Err(malformed(
+                    path,
+                    format!("label column `{c}` needs a header row"),
+                ))
+            }
         },
     };
     if has_header {
@@ -91,7 +105,11 @@ fn parse_csv(path: &Path, text: &str, label_column: Option<&str>) -> Result<Data
         if fields.len() != ncols {
             return Err(malformed(
                 path,
-                format!("line {}: {} fields, expected {ncols}", lineno + 1, fields.len()),
+                format!(
+                    "line {}: {} fields, expected {ncols}",
+                    lineno + 1,
+                    fields.len()
+                ),
             ));
         }
         for (j, f) in fields.iter().enumerate() {
@@ -99,10 +117,20 @@ fn parse_csv(path: &Path, text: &str, label_column: Option<&str>) -> Result<Data
                 raw_labels.push(f.to_string());
             } else {
                 let v: f32 = f.parse().map_err(|_| {
-                    malformed(path, format!("line {}, column {}: `{f}` is not a number", lineno + 1, j + 1))
+                    malformed(
+                        path,
+                        format!(
+                            "line {}, column {}: `{f}` is not a number",
+                            lineno + 1,
+                            j + 1
+                        ),
+                    )
                 })?;
                 if !v.is_finite() {
-                    return Err(malformed(path, format!("line {}, column {}: not finite", lineno + 1, j + 1)));
+                    return Err(malformed(
+                        path,
+                        format!("line {}, column {}: not finite", lineno + 1, j + 1),
+                    ));
                 }
                 features.push(v);
             }
@@ -143,18 +171,27 @@ pub fn load_npy_pair(features: &Path, labels: &Path) -> Result<Dataset, DatasetE
     let x = npy::parse(&read_maybe_gz(features)?).map_err(|e| malformed(features, e))?;
     let y = npy::parse(&read_maybe_gz(labels)?).map_err(|e| malformed(labels, e))?;
     if x.shape.len() < 2 {
-        return Err(malformed(features, format!("shape {:?}: need [N, features...]", x.shape)));
+        return Err(malformed(
+            features,
+            format!("shape {:?}: need [N, features...]", x.shape),
+        ));
     }
     if y.shape.len() != 1 || y.shape[0] != x.shape[0] {
         return Err(malformed(
             labels,
-            format!("shape {:?} does not match {} feature rows (need [N])", y.shape, x.shape[0]),
+            format!(
+                "shape {:?} does not match {} feature rows (need [N])",
+                y.shape, x.shape[0]
+            ),
         ));
     }
     let mut ints = Vec::with_capacity(y.values.len());
     for (i, &v) in y.values.iter().enumerate() {
         if v < 0.0 || v.fract() != 0.0 || v > u32::MAX as f64 {
-            return Err(malformed(labels, format!("label {i} is {v}, not a class index")));
+            return Err(malformed(
+                labels,
+                format!("label {i} is {v}, not a class index"),
+            ));
         }
         ints.push(v as u32);
     }
@@ -177,12 +214,18 @@ pub fn load_cifar10(files: &[PathBuf]) -> Result<Dataset, DatasetError> {
         if bytes.is_empty() || bytes.len() % RECORD != 0 {
             return Err(malformed(
                 path,
-                format!("{} bytes is not a whole number of {RECORD}-byte CIFAR-10 records", bytes.len()),
+                format!(
+                    "{} bytes is not a whole number of {RECORD}-byte CIFAR-10 records",
+                    bytes.len()
+                ),
             ));
         }
         for (i, rec) in bytes.chunks_exact(RECORD).enumerate() {
             if rec[0] > 9 {
-                return Err(malformed(path, format!("record {i} has label {} (> 9)", rec[0])));
+                return Err(malformed(
+                    path,
+                    format!("record {i} has label {} (> 9)", rec[0]),
+                ));
             }
             labels.push(rec[0] as u32);
             features.extend(rec[1..].iter().map(|&b| b as f32));
@@ -197,12 +240,18 @@ pub fn load_mnist(images: &Path, labels: &Path) -> Result<Dataset, DatasetError>
     let (img_shape, img) = parse_idx(images, &img_bytes)?;
     let (lbl_shape, lbl) = parse_idx(labels, &lbl_bytes)?;
     if img_shape.len() != 3 {
-        return Err(malformed(images, format!("expected 3 dimensions, found {:?}", img_shape)));
+        return Err(malformed(
+            images,
+            format!("expected 3 dimensions, found {:?}", img_shape),
+        ));
     }
     if lbl_shape.len() != 1 || lbl_shape[0] != img_shape[0] {
         return Err(malformed(
             labels,
-            format!("label shape {lbl_shape:?} does not match {} images", img_shape[0]),
+            format!(
+                "label shape {lbl_shape:?} does not match {} images",
+                img_shape[0]
+            ),
         ));
     }
     let labels_u32: Vec<u32> = lbl.iter().map(|&b| b as u32).collect();
@@ -217,7 +266,13 @@ fn parse_idx<'a>(path: &Path, bytes: &'a [u8]) -> Result<(Vec<usize>, &'a [u8]),
         return Err(malformed(path, "not an IDX file (bad magic)"));
     }
     if bytes[2] != 0x08 {
-        return Err(malformed(path, format!("element type 0x{:02x} unsupported (need 0x08, u8)", bytes[2])));
+        return Err(malformed(
+            path,
+            format!(
+                "element type 0x{:02x} unsupported (need 0x08, u8)",
+                bytes[2]
+            ),
+        ));
     }
     let ndims = bytes[3] as usize;
     let header = 4 + 4 * ndims;
@@ -225,14 +280,19 @@ fn parse_idx<'a>(path: &Path, bytes: &'a [u8]) -> Result<(Vec<usize>, &'a [u8]),
         return Err(malformed(path, "header is truncated"));
     }
     let shape: Vec<usize> = (0..ndims)
-        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap_or([0; 4])) as usize)
+        .map(|i| {
+            u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap_or([0; 4])) as usize
+        })
         .collect();
     let count: usize = shape.iter().product();
     let payload = &bytes[header..];
     if payload.len() != count {
         return Err(malformed(
             path,
-            format!("shape {shape:?} needs {count} bytes of data, found {}", payload.len()),
+            format!(
+                "shape {shape:?} needs {count} bytes of data, found {}",
+                payload.len()
+            ),
         ));
     }
     Ok((shape, payload))
@@ -279,13 +339,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (x, y) = (dir.path().join("x.npy"), dir.path().join("y.npy"));
         let vals: Vec<f64> = (0..2 * 3 * 3).map(|v| v as f64).collect();
-        npy::write(&mut std::fs::File::create(&x).unwrap(), &[2, 3, 3], &vals, npy::NpyDtype::U8).unwrap();
-        npy::write(&mut std::fs::File::create(&y).unwrap(), &[2], &[1.0, 0.0], npy::NpyDtype::I64).unwrap();
+        npy::write(
+            &mut std::fs::File::create(&x).unwrap(),
+            &[2, 3, 3],
+            &vals,
+            npy::NpyDtype::U8,
+        )
+        .unwrap();
+        npy::write(
+            &mut std::fs::File::create(&y).unwrap(),
+            &[2],
+            &[1.0, 0.0],
+            npy::NpyDtype::I64,
+        )
+        .unwrap();
         let d = load_npy_pair(&x, &y).unwrap();
         assert_eq!(d.sample_shape(), &[1, 3, 3]);
         assert_eq!(d.labels(), &[1, 0]);
-        npy::write(&mut std::fs::File::create(&y).unwrap(), &[3], &[1.0, 0.0, 1.0], npy::NpyDtype::I64).unwrap();
-        assert!(load_npy_pair(&x, &y).unwrap_err().to_string().contains("does not match"));
+        npy::write(
+            &mut std::fs::File::create(&y).unwrap(),
+            &[3],
+            &[1.0, 0.0, 1.0],
+            npy::NpyDtype::I64,
+        )
+        .unwrap();
+        assert!(load_npy_pair(&x, &y)
+            .unwrap_err()
+            .to_string()
+            .contains("does not match"));
     }
 
     #[test]
@@ -302,7 +383,10 @@ mod tests {
         assert_eq!((d.len(), d.labels()), (2, &[3u32, 7][..]));
         assert_eq!(d.sample_shape(), &[3, 32, 32]);
         std::fs::write(&p, &bytes[..5000]).unwrap();
-        assert!(load_cifar10(&[p]).unwrap_err().to_string().contains("whole number"));
+        assert!(load_cifar10(&[p])
+            .unwrap_err()
+            .to_string()
+            .contains("whole number"));
     }
 
     #[test]
@@ -319,6 +403,9 @@ mod tests {
         assert_eq!(d.sample_shape(), &[1, 2, 2]);
         assert_eq!(d.labels(), &[4, 9]);
         std::fs::write(&lp, [0, 0, 8, 1, 0, 0, 0, 3, 4, 9, 1]).unwrap();
-        assert!(load_mnist(&ip, &lp).unwrap_err().to_string().contains("does not match"));
+        assert!(load_mnist(&ip, &lp)
+            .unwrap_err()
+            .to_string()
+            .contains("does not match"));
     }
 }

@@ -180,10 +180,7 @@ impl Dataset {
             .filter(|&i| map(self.labels[i]).is_some())
             .collect();
         let mut out = self.subset(&keep);
-        out.labels = keep
-            .iter()
-            .filter_map(|&i| map(self.labels[i]))
-            .collect();
+        out.labels = keep.iter().filter_map(|&i| map(self.labels[i])).collect();
         out.num_classes = num_classes;
         Dataset::new(out.features, out.labels, out.sample_shape, num_classes)
     }

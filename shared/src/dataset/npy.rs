@@ -50,7 +50,10 @@ pub fn parse(bytes: &[u8]) -> Result<NpyArray, String> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| format!("bad dimension `{s}`")))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| format!("bad dimension `{s}`"))
+        })
         .collect::<Result<_, _>>()?;
     let count: usize = shape.iter().product();
     let data = &bytes[start + header_len..];
@@ -176,6 +179,8 @@ mod tests {
         write(&mut buf, &[4], &[1.0, 2.0, 3.0, 4.0], NpyDtype::F32).unwrap();
         let err = parse(&buf[..buf.len() - 3]).unwrap_err();
         assert!(err.contains("truncated"), "{err}");
-        assert!(parse(b"hello world, not numpy").unwrap_err().contains("magic"));
+        assert!(parse(b"hello world, not numpy")
+            .unwrap_err()
+            .contains("magic"));
     }
 }

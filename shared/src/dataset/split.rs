@@ -247,8 +247,14 @@ mod tests {
     #[test]
     fn bad_task_specs_are_refused_with_the_reason() {
         assert!(Task::parse("pair:3,3").is_err());
-        assert!(Task::parse("pair:x,3").unwrap_err().to_string().contains("class list"));
-        let err = Task::parse("pair:3,12").unwrap().apply(&toy(20, 10)).unwrap_err();
+        assert!(Task::parse("pair:x,3")
+            .unwrap_err()
+            .to_string()
+            .contains("class list"));
+        let err = Task::parse("pair:3,12")
+            .unwrap()
+            .apply(&toy(20, 10))
+            .unwrap_err();
         assert!(err.to_string().contains("class 12"), "{err}");
     }
 }

@@ -284,3 +284,58 @@ impl GraphBuilder {
         model.encode_to_vec()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::OnnxModel;
+    use crate::legacy::{LegacyModel, OutputKind};
+
+    /// A 3-feature, 2-class linear model with known weights.
+    fn linear_model(batch: Dim) -> Vec<u8> {
+        let mut g = GraphBuilder::new();
+        let x = g.input("input", &[batch, Dim::Fixed(3)]);
+        let n = g.normalize(&x, &[3], &[1.0, 0.0, 0.0], &[1.0, 2.0, 1.0]);
+        let y = g.linear(&n, &[1.0, 0.0, 0.0, 0.0, 1.0, -1.0], &[0.5, 0.0], 3);
+        g.output(&y, "logits", &[batch, Dim::Fixed(2)]);
+        g.finish("t")
+    }
+
+    #[test]
+    fn written_models_run_in_tract_with_batched_and_single_plans() {
+        let m = OnnxModel::from_bytes("t", &linear_model(Dim::Batch)).unwrap();
+        let x = [2.0, 1.0, 3.0, 0.0, 0.5, 0.0];
+        let out = m.run(&[&x], 2).unwrap();
+        // row 0: ((2-1)*1 + 0.5, 1*2 - 3) ; row 1: ((0-1) + 0.5, 0.5*2 - 0)
+        assert_eq!(out[0].0, vec![2, 2]);
+        assert_eq!(out[0].1, vec![1.5, -1.0, -0.5, 1.0]);
+        let single = m.run(&[&x[..3]], 1).unwrap();
+        assert_eq!(single[0].1, vec![1.5, -1.0]);
+        // A file whose batch is pinned to 1 still evaluates many samples (one at a time).
+        let pinned = OnnxModel::from_bytes("p", &linear_model(Dim::Fixed(1))).unwrap();
+        assert_eq!(pinned.run(&[&x], 2).unwrap()[0].1, out[0].1);
+        assert!(m
+            .run(&[&x[..4]], 2)
+            .unwrap_err()
+            .to_string()
+            .contains("needs 2 x [3]"));
+    }
+
+    #[test]
+    fn legacy_wrapper_softmaxes_logits_and_rejects_non_classifiers() {
+        let m = LegacyModel::from_bytes("t", &linear_model(Dim::Batch), OutputKind::Auto).unwrap();
+        assert_eq!(m.num_classes(), 2);
+        let p = m.predict_proba(&[2.0, 1.0, 3.0], 1).unwrap();
+        assert!((p[0] + p[1] - 1.0).abs() < 1e-6 && p[0] > p[1]);
+        let mut g = GraphBuilder::new();
+        let x = g.input("input", &[Dim::Batch, Dim::Fixed(3)]);
+        let s = g.unary("Sigmoid", &x);
+        let c = g.column(&s, 0);
+        g.output(&c, "score", &[Dim::Batch]);
+        let err = LegacyModel::from_bytes("s", &g.finish("s"), OutputKind::Auto).unwrap_err();
+        assert!(
+            err.to_string().contains("not usable as a classifier"),
+            "{err}"
+        );
+    }
+}

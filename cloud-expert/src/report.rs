@@ -105,6 +105,20 @@ impl Report {
                         100.0 * g
                     ))
                 );
+                if let Some(auc) = self.auc.get(key) {
+                    let a = auc.get("l2h").copied().unwrap_or(f64::NAN);
+                    let b = auc.get("confidence").copied().unwrap_or(f64::NAN);
+                    let _ = writeln!(
+                        s,
+                        "     area under accuracy-vs-offload curve: L2H {a:.4}, confidence {b:.4}"
+                    );
+                }
+                if l.offload_rate >= 1.0 {
+                    let _ = writeln!(
+                        s,
+                        "     (L2H offloads everything here: with c_e = 0 the Bayes rule offloads wherever e is more reliable than m, so every method coincides at rate 1)"
+                    );
+                }
             }
         }
         s

@@ -31,6 +31,40 @@ pub enum Command {
     CheckExport(CheckExportArgs),
     /// Print training-throughput and device-latency benchmarks.
     Bench(BenchArgs),
+    /// Serve every model of a repository over gRPC (Expert, ModelSync, health, reflection).
+    Serve(ServeArgs),
+}
+
+/// `cloud-expert serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Model repository root.
+    #[arg(long, env = "OFFLOAD_REPO")]
+    pub repo: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "CLOUD_EXPERT_ADDR", default_value = "127.0.0.1:50051")]
+    pub addr: std::net::SocketAddr,
+    /// Most rows run together in one forward pass (1 disables dynamic batching).
+    #[arg(long, env = "CLOUD_EXPERT_MAX_BATCH", default_value_t = 64)]
+    pub max_batch: usize,
+    /// Longest a request waits for others to batch with, in microseconds.
+    #[arg(long, env = "CLOUD_EXPERT_MAX_DELAY_US", default_value_t = 500)]
+    pub max_delay_us: u64,
+    /// Requests that may wait per model; beyond it requests get RESOURCE_EXHAUSTED at once.
+    #[arg(long, env = "CLOUD_EXPERT_QUEUE_DEPTH", default_value_t = 256)]
+    pub queue_depth: usize,
+    /// Most rows (samples) in one request.
+    #[arg(long, env = "CLOUD_EXPERT_MAX_ROWS", default_value_t = 64)]
+    pub max_rows: usize,
+    /// Largest request message in bytes.
+    #[arg(long, env = "CLOUD_EXPERT_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// Seconds in-flight requests may take after SIGINT/SIGTERM.
+    #[arg(long, env = "CLOUD_EXPERT_GRACE_SECS", default_value_t = 10.0)]
+    pub grace_secs: f64,
+    /// Artificial delay per batch in milliseconds (fault testing only).
+    #[arg(long, env = "CLOUD_EXPERT_EXPERT_DELAY_MS", default_value_t = 0)]
+    pub expert_delay_ms: u64,
 }
 
 /// Which data and task.

@@ -11,6 +11,7 @@ pub mod legacy_model;
 pub mod nets;
 pub mod plot;
 pub mod report;
+pub mod serve;
 pub mod stored;
 pub mod train;
 
@@ -29,6 +30,32 @@ pub fn init_telemetry(json: bool) {
     } else {
         builder.init();
     }
+}
+
+/// Validates the serve flags into a [`serve::ServeConfig`].
+pub fn serve_config(a: &config::ServeArgs) -> Result<serve::ServeConfig, CloudError> {
+    if a.max_batch == 0 || a.queue_depth == 0 || a.max_rows == 0 {
+        return Err(CloudError::Config(
+            "--max-batch, --queue-depth and --max-rows must be positive".into(),
+        ));
+    }
+    if !(a.grace_secs.is_finite() && a.grace_secs >= 0.0) {
+        return Err(CloudError::Config(
+            "--grace-secs must be a non-negative number".into(),
+        ));
+    }
+    Ok(serve::ServeConfig {
+        repo: a.repo.clone(),
+        batch: serve::batcher::BatchConfig {
+            max_batch: a.max_batch,
+            max_delay: std::time::Duration::from_micros(a.max_delay_us),
+            queue_depth: a.queue_depth,
+            artificial_delay: std::time::Duration::from_millis(a.expert_delay_ms),
+        },
+        max_rows: a.max_rows,
+        max_message_bytes: a.max_message_bytes,
+        grace: std::time::Duration::from_secs_f64(a.grace_secs),
+    })
 }
 
 /// Runs one command and prints its result.
@@ -60,6 +87,16 @@ pub fn run(cli: Cli) -> Result<(), CloudError> {
             println!("exported rejector matches tch: max |diff| = {diff:e}");
         }
         Command::Bench(a) => bench::run(&a)?,
+        Command::Serve(a) => {
+            let cfg = serve_config(&a)?;
+            let rt = tokio::runtime::Runtime::new().map_err(error::io_err(&a.repo))?;
+            rt.block_on(async {
+                let listener = tokio::net::TcpListener::bind(a.addr)
+                    .await
+                    .map_err(|e| CloudError::Config(format!("cannot listen on {}: {e}", a.addr)))?;
+                serve::run(cfg, listener, serve::shutdown_signal()).await
+            })?;
+        }
     }
     Ok(())
 }

@@ -75,3 +75,67 @@ pub fn load(repo: &Path, model: &str, version: Option<&str>) -> Result<StoredPai
         legacy,
     })
 }
+
+/// An expert loaded for serving: the network, its metadata, and the version it belongs to.
+#[derive(Debug)]
+pub struct LoadedExpert {
+    /// `expert.json`.
+    pub meta: ExpertMeta,
+    /// Keeps the weights alive.
+    _vs: tch::nn::VarStore,
+    /// The network.
+    net: crate::nets::Net,
+}
+
+impl LoadedExpert {
+    /// Loads `expert.safetensors` + `expert.json` from a version directory (CPU).
+    pub fn load(dir: &Path) -> Result<Self, CloudError> {
+        let meta: ExpertMeta = read_json(&dir.join(files::EXPERT_META))?;
+        let mut vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let net = crate::nets::Net::new(
+            &vs.root(),
+            crate::nets::NetSpec {
+                arch: meta.arch.clone(),
+                input_shape: meta.input_shape.clone(),
+                extra_inputs: 0,
+                out_dim: if meta.single_score {
+                    1
+                } else {
+                    meta.num_classes
+                },
+                norm: meta.normalization.clone(),
+            },
+        )
+        .map_err(CloudError::Config)?;
+        vs.load(dir.join(files::EXPERT_WEIGHTS))?;
+        Ok(Self { meta, _vs: vs, net })
+    }
+
+    /// Values per sample.
+    pub fn feature_len(&self) -> usize {
+        self.meta.input_shape.iter().product()
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.meta.num_classes
+    }
+
+    /// Class probabilities for `n` samples (`n * K`, row-major). Shapes are the caller's
+    /// responsibility (validated at the protocol boundary); tch errors come back as text.
+    pub fn probs(&self, x: &[f32], n: usize) -> Result<Vec<f32>, String> {
+        let d = self.feature_len() as i64;
+        let out = tch::no_grad(|| -> Result<tch::Tensor, tch::TchError> {
+            let t = tch::Tensor::f_from_slice(x)?.f_view([n as i64, d])?;
+            let raw = self.net.forward(&t, None);
+            Ok(if self.meta.single_score {
+                let p1 = (raw.f_squeeze_dim(1)? * 2.0).f_sigmoid()?;
+                tch::Tensor::f_stack(&[p1.ones_like() - &p1, p1], 1)?
+            } else {
+                raw.f_softmax(-1, tch::Kind::Float)?
+            })
+        })
+        .map_err(|e| e.to_string())?;
+        crate::nets::to_vec(&out).map_err(|e| e.to_string())
+    }
+}

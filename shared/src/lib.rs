@@ -11,3 +11,4 @@ pub mod onnx_build;
 pub mod rejector;
 pub mod repository;
 pub mod rng;
+pub mod wire;

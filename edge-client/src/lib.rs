@@ -5,6 +5,9 @@
 //! `rejector.json`, i.e. a model-repository version); the gRPC offload loop builds on it.
 #![warn(missing_docs)]
 
+pub mod breaker;
+pub mod policy;
+
 use offload_shared::legacy::{argmax, LegacyModel};
 use offload_shared::rejector::{decision_score, RejectorModel};
 use offload_shared::repository::{files, read_json, RejectorMeta};

@@ -6,6 +6,8 @@
 #![warn(missing_docs)]
 
 pub mod breaker;
+pub mod bundle;
+pub mod client;
 pub mod policy;
 
 use offload_shared::legacy::{argmax, LegacyModel};

@@ -8,9 +8,12 @@ pub mod breaker;
 pub mod bundle;
 pub mod client;
 pub mod config;
+pub mod device;
 pub mod edge;
+pub mod http;
 pub mod models;
 pub mod policy;
+pub mod run_cmd;
 pub mod stats;
 
 pub use models::{Decision, EdgeError, EdgeModels};

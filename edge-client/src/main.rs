@@ -1,5 +1,6 @@
-//! `edge-client` binary: decide offline over a data split, or benchmark the decision latency.
+//! `edge-client` binary: parse the configuration, set up logging, run one mode.
 use clap::{Parser, Subcommand};
+use edge_client::config::DeviceArgs;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -7,13 +8,41 @@ use std::time::Instant;
 #[derive(Debug, Parser)]
 #[command(name = "edge-client", version)]
 struct Cli {
+    /// Optional TOML file with the device settings (flags and environment variables win).
+    #[arg(long, env = "EDGE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Log as JSON lines.
+    #[arg(long, env = "EDGE_LOG_JSON", global = true)]
+    log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Decide local/offload for every input of a split; prints one JSON line per input and a summary.
+    /// Answer every input of a file: one JSON line per input on stdout (or --out), summary on stderr.
+    Run {
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// Inputs: digits, digits:test (a split), csv:PATH, npy:X,Y.
+        #[arg(long, env = "EDGE_INPUT", default_value = "digits:test")]
+        input: String,
+        /// Seed of the split named in --input.
+        #[arg(long, env = "EDGE_SPLIT_SEED", default_value_t = 0)]
+        split_seed: u64,
+        /// Write the JSON lines here instead of stdout.
+        #[arg(long, env = "EDGE_OUT")]
+        out: Option<PathBuf>,
+    },
+    /// Serve POST /predict, GET /health and GET /stats for applications on the device.
+    Serve {
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// Address of the local HTTP endpoint.
+        #[arg(long, env = "EDGE_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
+    /// Decide local/offload offline from a repository version (no cloud); JSON lines on stdout.
     Decide {
         /// Bundle directory (a model-repository version).
         #[arg(long, env = "EDGE_BUNDLE")]
@@ -25,7 +54,7 @@ enum Command {
         #[arg(long, env = "EDGE_THRESHOLD")]
         threshold: Option<f32>,
     },
-    /// Per-input latency of m + r (p50/p99).
+    /// Per-input latency of m + r (p50/p99) from a repository version.
     Bench {
         /// Bundle directory.
         #[arg(long, env = "EDGE_BUNDLE")]
@@ -36,30 +65,67 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Decide {
-            bundle,
-            data,
-            threshold,
-        } => {
+fn settings(config: Option<&std::path::Path>, device: DeviceArgs) -> anyhow::Result<edge_client::config::Settings> {
+    let file = match config {
+        Some(p) => DeviceArgs::from_toml(p).map_err(anyhow::Error::msg)?,
+        None => DeviceArgs::default(),
+    };
+    device.merged_with(file).settings().map_err(anyhow::Error::msg)
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        b.json().init()
+    } else {
+        b.init()
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    match cli.command {
+        Command::Run { device, input, split_seed, out } => {
+            let s = settings(cli.config.as_deref(), device)?;
+            let edge = edge_client::device::start(&s).await.map_err(anyhow::Error::msg)?;
+            let sync = edge_client::device::spawn_sync_loop(edge.clone(), s.sync_interval);
+            let data = edge_client::run_cmd::load_inputs(&input, split_seed).map_err(anyhow::Error::msg)?;
+            let mut sink: Box<dyn std::io::Write> = match &out {
+                Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p)?)),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            let summary = edge_client::run_cmd::run(edge, &data, sink.as_mut()).await.map_err(anyhow::Error::msg)?;
+            sink.flush()?;
+            if let Some(t) = sync {
+                t.abort();
+            }
+            eprintln!("{}", serde_json::to_string(&summary)?);
+        }
+        Command::Serve { device, listen } => {
+            let s = settings(cli.config.as_deref(), device)?;
+            let edge = edge_client::device::start(&s).await.map_err(anyhow::Error::msg)?;
+            let _sync = edge_client::device::spawn_sync_loop(edge.clone(), s.sync_interval);
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            tracing::info!(%listen, "device endpoint up");
+            axum::serve(listener, edge_client::http::app(edge))
+                .with_graceful_shutdown(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await?;
+        }
+        Command::Decide { bundle, data, threshold } => {
             let models = edge_client::EdgeModels::load(&bundle)?;
             let ds = offload_shared::dataset::DataSource::parse(&data, None)?.load()?;
             let mut offloads = 0;
             for i in 0..ds.len() {
                 let d = models.decide(ds.row(i), threshold)?;
                 offloads += d.offload as usize;
-                println!(
-                    "{}",
-                    serde_json::json!({"id": i, "label": ds.labels()[i], "decision": d})
-                );
+                println!("{}", serde_json::json!({"id": i, "label": ds.labels()[i], "decision": d}));
             }
-            eprintln!(
-                "{} inputs, {} offloaded ({:.1}%)",
-                ds.len(),
-                offloads,
-                100.0 * offloads as f64 / ds.len().max(1) as f64
-            );
+            eprintln!("{} inputs, {} offloaded ({:.1}%)", ds.len(), offloads, 100.0 * offloads as f64 / ds.len().max(1) as f64);
         }
         Command::Bench { bundle, iterations } => {
             let models = edge_client::EdgeModels::load(&bundle)?;
@@ -75,12 +141,7 @@ fn main() -> anyhow::Result<()> {
             }
             lat.sort_by(f64::total_cmp);
             let p = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
-            println!(
-                "edge decision m + r: {} inputs, p50 {:.1} us, p99 {:.1} us",
-                lat.len(),
-                p(0.5),
-                p(0.99)
-            );
+            println!("edge decision m + r: {} inputs, p50 {:.1} us, p99 {:.1} us", lat.len(), p(0.5), p(0.99));
         }
     }
     Ok(())

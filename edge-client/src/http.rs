@@ -1,0 +1,78 @@
+//! `edge-client serve`: a local HTTP endpoint for applications on the device.
+//! `POST /predict` `{"inputs": [[f32; d], ...], "ids"?: [..]}` answers each input;
+//! `GET /health` reports the bundle in use; `GET /stats` the counters.
+
+use crate::edge::Edge;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// Largest accepted request body.
+const MAX_BODY: usize = 1 << 20;
+
+/// A prediction request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredictRequest {
+    /// Inputs, each the legacy model's feature count long.
+    pub inputs: Vec<Vec<f32>>,
+    /// Optional ids echoed in the answers.
+    #[serde(default)]
+    pub ids: Vec<String>,
+}
+
+type ApiError = (StatusCode, Json<serde_json::Value>);
+
+fn bad(msg: String) -> ApiError {
+    (StatusCode::UNPROCESSABLE_ENTITY, Json(serde_json::json!({ "error": msg })))
+}
+
+async fn predict(State(edge): State<Arc<Edge>>, Json(req): Json<PredictRequest>) -> Result<Json<serde_json::Value>, ApiError> {
+    let d = edge.feature_len();
+    if req.inputs.is_empty() || req.inputs.len() > 256 {
+        return Err(bad(format!("field `inputs`: need 1..=256 inputs, got {}", req.inputs.len())));
+    }
+    if !req.ids.is_empty() && req.ids.len() != req.inputs.len() {
+        return Err(bad("field `ids`: one id per input".into()));
+    }
+    for (i, x) in req.inputs.iter().enumerate() {
+        if x.len() != d {
+            return Err(bad(format!("field `inputs[{i}]`: {} values, the model takes {d}", x.len())));
+        }
+        if let Some(j) = x.iter().position(|v| !v.is_finite()) {
+            return Err(bad(format!("field `inputs[{i}][{j}]`: not finite")));
+        }
+    }
+    let mut answers = Vec::with_capacity(req.inputs.len());
+    for (i, x) in req.inputs.into_iter().enumerate() {
+        let id = req.ids.get(i).cloned().unwrap_or_else(|| i.to_string());
+        let a = edge.answer(id, x, None).await.map_err(|e| {
+            tracing::error!(error = %e, "local inference failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, Json(serde_json::json!({ "error": "local inference failed" })))
+        })?;
+        answers.push(a);
+    }
+    Ok(Json(serde_json::json!({ "answers": answers })))
+}
+
+async fn health(State(edge): State<Arc<Edge>>) -> Json<serde_json::Value> {
+    let b = edge.bundle();
+    Json(serde_json::json!({ "status": "ok", "rejector_version": b.meta.version, "expert_version": b.meta.expert_version }))
+}
+
+async fn stats(State(edge): State<Arc<Edge>>) -> Json<crate::stats::Summary> {
+    Json(edge.stats())
+}
+
+/// The device's HTTP application.
+pub fn app(edge: Arc<Edge>) -> Router {
+    Router::new()
+        .route("/predict", post(predict))
+        .route("/health", get(health))
+        .route("/stats", get(stats))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(edge)
+}

@@ -226,6 +226,9 @@ pub struct EvalArgs {
     /// Cost pairs to score the stored pair under.
     #[arg(long, env = "OFFLOAD_GRID", default_value = "1,0;1,0.25;1.25,0.25")]
     pub grid: String,
+    /// Write the per-input L2H decisions and answers of the deployed rule (JSON lines) here.
+    #[arg(long)]
+    pub predictions_out: Option<PathBuf>,
 }
 
 /// `cloud-expert check-export`.

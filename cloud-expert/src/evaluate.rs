@@ -33,6 +33,9 @@ pub fn run_eval(a: &EvalArgs) -> Result<Report, CloudError> {
         export_max_abs_diff: None,
     };
     let e_pred = stored.models.expert_predictions(&test.x);
+    if let Some(path) = &a.predictions_out {
+        write_predictions(path, &stored, &test, &e_pred)?;
+    }
     for costs in parse_grid(&a.grid)? {
         let threshold = match meta.kind {
             RejectorKind::Score => meta.threshold,
@@ -48,6 +51,26 @@ pub fn run_eval(a: &EvalArgs) -> Result<Report, CloudError> {
         report.insert(&costs.key(), cmp);
     }
     Ok(report)
+}
+
+/// Per-input answers of the deployed rule, as the live system must reproduce them.
+fn write_predictions(
+    path: &std::path::Path,
+    stored: &crate::stored::StoredPair,
+    test: &SplitTensors,
+    e_pred: &[u32],
+) -> Result<(), CloudError> {
+    use std::io::Write;
+    let meta = &stored.rejector_meta;
+    let scores = onnx_scores(&stored.rejector, test, meta.costs.c1)?;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(io_err(path))?);
+    for (i, &score) in scores.iter().enumerate() {
+        let offload = score > meta.threshold;
+        let label = if offload { e_pred[i] } else { test.m_pred[i] };
+        let line = serde_json::json!({"id": i, "offload": offload, "label": label, "score": score, "true_label": test.labels[i]});
+        writeln!(f, "{line}").map_err(io_err(path))?;
+    }
+    f.flush().map_err(io_err(path))
 }
 
 /// Compares tch and ONNX rejector outputs on the test split; optionally writes reference arrays.

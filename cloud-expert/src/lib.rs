@@ -94,7 +94,14 @@ pub fn run(cli: Cli) -> Result<(), CloudError> {
                 let listener = tokio::net::TcpListener::bind(a.addr)
                     .await
                     .map_err(|e| CloudError::Config(format!("cannot listen on {}: {e}", a.addr)))?;
-                serve::run(cfg, listener, serve::shutdown_signal()).await
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                tokio::spawn(async move {
+                    if let Ok(addr) = rx.await {
+                        // A line on stdout that scripts and tests wait for (no sleeping).
+                        println!("ready on {addr}");
+                    }
+                });
+                serve::run_with_ready(cfg, listener, serve::shutdown_signal(), Some(tx)).await
             })?;
         }
     }

@@ -34,7 +34,13 @@ pub struct CircuitBreaker {
 impl CircuitBreaker {
     /// A closed breaker.
     pub fn new(threshold: u32, backoff: Duration) -> Self {
-        Self { threshold: threshold.max(1), backoff, failures: 0, opened_at: None, probing: false }
+        Self {
+            threshold: threshold.max(1),
+            backoff,
+            failures: 0,
+            opened_at: None,
+            probing: false,
+        }
     }
 
     /// Current state at `now`.

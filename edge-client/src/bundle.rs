@@ -80,16 +80,31 @@ pub struct Bundle {
 
 impl Bundle {
     /// Verifies and loads a bundle for a device whose legacy model hashes to `legacy_sha256`.
-    pub fn verify(meta: BundleMeta, onnx: Vec<u8>, legacy_sha256: &str) -> Result<Self, BundleError> {
+    pub fn verify(
+        meta: BundleMeta,
+        onnx: Vec<u8>,
+        legacy_sha256: &str,
+    ) -> Result<Self, BundleError> {
         let computed = sha256_hex(&onnx);
         if computed != meta.sha256 {
-            return Err(BundleError::Checksum { announced: meta.sha256, computed });
+            return Err(BundleError::Checksum {
+                announced: meta.sha256,
+                computed,
+            });
         }
         if meta.legacy_sha256 != legacy_sha256 {
-            return Err(BundleError::LegacyMismatch { bundle: meta.legacy_sha256, device: legacy_sha256.into() });
+            return Err(BundleError::LegacyMismatch {
+                bundle: meta.legacy_sha256,
+                device: legacy_sha256.into(),
+            });
         }
-        let rejector = RejectorModel::from_bytes(&format!("rejector v{}", meta.version), &onnx, meta.kind)?;
-        Ok(Self { meta, rejector, onnx })
+        let rejector =
+            RejectorModel::from_bytes(&format!("rejector v{}", meta.version), &onnx, meta.kind)?;
+        Ok(Self {
+            meta,
+            rejector,
+            onnx,
+        })
     }
 
     /// From a `ModelSync` reply (must carry the ONNX bytes).
@@ -99,7 +114,9 @@ impl Bundle {
             Ok(pb::RejectorKind::Plugin) => RejectorKind::PlugIn,
             _ => return Err(BundleError::Invalid(format!("field `kind`: {}", b.kind))),
         };
-        let costs = b.costs.ok_or_else(|| BundleError::Invalid("field `costs` is missing".into()))?;
+        let costs = b
+            .costs
+            .ok_or_else(|| BundleError::Invalid("field `costs` is missing".into()))?;
         let costs = Costs::new(costs.c1, costs.ce).map_err(BundleError::Invalid)?;
         let meta = BundleMeta {
             model: b.model,
@@ -107,7 +124,11 @@ impl Bundle {
             sha256: b.sha256,
             kind,
             threshold: b.threshold,
-            score_quantiles: b.score_quantiles.iter().map(|q| (q.level, q.value)).collect(),
+            score_quantiles: b
+                .score_quantiles
+                .iter()
+                .map(|q| (q.level, q.value))
+                .collect(),
             costs,
             expert_version: b.expert_version,
             legacy_sha256: b.legacy_sha256,
@@ -116,8 +137,15 @@ impl Bundle {
     }
 
     /// From a model-repository version directory (offline installs and tests).
-    pub fn from_repo_dir(dir: &Path, model: &str, legacy_sha256: &str) -> Result<Self, BundleError> {
-        let cache = |e: &dyn std::fmt::Display| BundleError::Cache { path: dir.display().to_string(), reason: e.to_string() };
+    pub fn from_repo_dir(
+        dir: &Path,
+        model: &str,
+        legacy_sha256: &str,
+    ) -> Result<Self, BundleError> {
+        let cache = |e: &dyn std::fmt::Display| BundleError::Cache {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        };
         let m: RejectorMeta = read_json(&dir.join(files::REJECTOR_META)).map_err(|e| cache(&e))?;
         let onnx = std::fs::read(dir.join(files::REJECTOR)).map_err(|e| cache(&e))?;
         let meta = BundleMeta {
@@ -137,9 +165,13 @@ impl Bundle {
     /// Writes `rejector.onnx` + `bundle.json` into `dir` atomically (temp files, then rename;
     /// the JSON, which names the sha256, is renamed last).
     pub fn save(&self, dir: &Path) -> Result<(), BundleError> {
-        let err = |e: std::io::Error| BundleError::Cache { path: dir.display().to_string(), reason: e.to_string() };
+        let err = |e: std::io::Error| BundleError::Cache {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        };
         std::fs::create_dir_all(dir).map_err(err)?;
-        let json = serde_json::to_vec_pretty(&self.meta).map_err(|e| BundleError::Invalid(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(&self.meta)
+            .map_err(|e| BundleError::Invalid(e.to_string()))?;
         std::fs::write(dir.join("rejector.onnx.tmp"), &self.onnx).map_err(err)?;
         std::fs::write(dir.join("bundle.json.tmp"), json).map_err(err)?;
         std::fs::rename(dir.join("rejector.onnx.tmp"), dir.join("rejector.onnx")).map_err(err)?;
@@ -148,9 +180,13 @@ impl Bundle {
 
     /// Loads the cached bundle from `dir`, verifying it like a fresh one.
     pub fn load(dir: &Path, legacy_sha256: &str) -> Result<Self, BundleError> {
-        let err = |e: &dyn std::fmt::Display| BundleError::Cache { path: dir.display().to_string(), reason: e.to_string() };
-        let meta: BundleMeta = serde_json::from_slice(&std::fs::read(dir.join("bundle.json")).map_err(|e| err(&e))?)
-            .map_err(|e| err(&e))?;
+        let err = |e: &dyn std::fmt::Display| BundleError::Cache {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        };
+        let meta: BundleMeta =
+            serde_json::from_slice(&std::fs::read(dir.join("bundle.json")).map_err(|e| err(&e))?)
+                .map_err(|e| err(&e))?;
         let onnx = std::fs::read(dir.join("rejector.onnx")).map_err(|e| err(&e))?;
         Self::verify(meta, onnx, legacy_sha256)
     }

@@ -17,6 +17,23 @@ pub struct OffloadClient {
     device_id: String,
 }
 
+/// One input to offload.
+#[derive(Debug, Clone, Copy)]
+pub struct Offload<'a> {
+    /// Model name.
+    pub model: &'a str,
+    /// Expert version the rejector is pinned to.
+    pub version: &'a str,
+    /// Id for log correlation.
+    pub request_id: &'a str,
+    /// Raw features.
+    pub x: &'a [f32],
+    /// Shape including the batch dimension 1.
+    pub shape: &'a [usize],
+    /// The rejector's score.
+    pub score: f32,
+}
+
 /// The cloud's answer to one input.
 #[derive(Debug, Clone)]
 pub struct Remote {
@@ -31,7 +48,11 @@ pub struct Remote {
 impl OffloadClient {
     /// A lazily connecting client: no network traffic until the first call, so a device starts
     /// while the cloud is down; reconnects happen transparently.
-    pub fn new(url: &str, device_id: &str, connect_timeout: Duration) -> Result<Self, tonic::transport::Error> {
+    pub fn new(
+        url: &str,
+        device_id: &str,
+        connect_timeout: Duration,
+    ) -> Result<Self, tonic::transport::Error> {
         let channel = Endpoint::from_shared(url.to_string())?
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
@@ -43,24 +64,37 @@ impl OffloadClient {
         })
     }
 
-    /// Offloads one input (`shape` includes the batch dimension 1).
-    pub async fn infer(&self, model: &str, version: &str, request_id: &str, x: &[f32], shape: &[usize], score: f32, deadline: Duration) -> Result<Remote, tonic::Status> {
+    /// Offloads one input within `deadline`.
+    pub async fn infer(&self, o: Offload<'_>, deadline: Duration) -> Result<Remote, tonic::Status> {
         let mut req = tonic::Request::new(pb::InferRequest {
-            model: model.into(),
-            version: version.into(),
-            request_id: request_id.into(),
+            model: o.model.into(),
+            version: o.version.into(),
+            request_id: o.request_id.into(),
             device_id: self.device_id.clone(),
-            input: Some(encode_f32(x, shape)),
-            rejector_score: score,
+            input: Some(encode_f32(o.x, o.shape)),
+            rejector_score: o.score,
         });
         req.set_timeout(deadline);
         let r = self.expert.clone().infer(req).await?.into_inner();
-        let label = *r.labels.first().ok_or_else(|| tonic::Status::internal("empty expert answer"))?;
-        Ok(Remote { label, probabilities: r.probabilities, expert_version: r.expert_version })
+        let label = *r
+            .labels
+            .first()
+            .ok_or_else(|| tonic::Status::internal("empty expert answer"))?;
+        Ok(Remote {
+            label,
+            probabilities: r.probabilities,
+            expert_version: r.expert_version,
+        })
     }
 
     /// Asks for the current rejector bundle.
-    pub async fn bundle(&self, model: &str, legacy_sha256: &str, current_version: &str, deadline: Duration) -> Result<pb::RejectorBundle, tonic::Status> {
+    pub async fn bundle(
+        &self,
+        model: &str,
+        legacy_sha256: &str,
+        current_version: &str,
+        deadline: Duration,
+    ) -> Result<pb::RejectorBundle, tonic::Status> {
         let mut req = tonic::Request::new(pb::BundleRequest {
             model: model.into(),
             device_id: self.device_id.clone(),
@@ -68,6 +102,11 @@ impl OffloadClient {
             current_version: current_version.into(),
         });
         req.set_timeout(deadline);
-        Ok(self.sync.clone().get_rejector_bundle(req).await?.into_inner())
+        Ok(self
+            .sync
+            .clone()
+            .get_rejector_bundle(req)
+            .await?
+            .into_inner())
     }
 }

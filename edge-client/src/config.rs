@@ -70,9 +70,26 @@ impl DeviceArgs {
     /// Fields set here win over `file`.
     pub fn merged_with(self, file: DeviceArgs) -> DeviceArgs {
         let (a, b) = (self, file);
-        merge_fields!(a, b, cloud, model, device_id, legacy, bundle, bundle_cache, deadline_ms, threshold,
-            target_rate, ce, ce_per_ms, budget, budget_window_ms, breaker_failures, breaker_backoff_ms,
-            sync_interval_secs)
+        merge_fields!(
+            a,
+            b,
+            cloud,
+            model,
+            device_id,
+            legacy,
+            bundle,
+            bundle_cache,
+            deadline_ms,
+            threshold,
+            target_rate,
+            ce,
+            ce_per_ms,
+            budget,
+            budget_window_ms,
+            breaker_failures,
+            breaker_backoff_ms,
+            sync_interval_secs
+        )
     }
 
     /// Reads a TOML file of the same keys (kebab-case).
@@ -83,15 +100,22 @@ impl DeviceArgs {
 
     /// Validates into settings.
     pub fn settings(&self) -> Result<Settings, String> {
-        let legacy = self.legacy.clone().ok_or("--legacy (or `legacy` in the config file) is required")?;
+        let legacy = self
+            .legacy
+            .clone()
+            .ok_or("--legacy (or `legacy` in the config file) is required")?;
         let rule = match (self.threshold, self.target_rate) {
             (Some(t), None) if t.is_finite() => Rule::Threshold(t),
             (None, Some(r)) if (0.0..=1.0).contains(&r) => Rule::Rate(r),
             (None, None) => Rule::Trained,
-            (Some(_), Some(_)) => return Err("give either a threshold or a target rate, not both".into()),
+            (Some(_), Some(_)) => {
+                return Err("give either a threshold or a target rate, not both".into())
+            }
             _ => return Err("threshold must be finite and target rate within [0, 1]".into()),
         };
-        if self.ce.is_some_and(|c| !(c >= 0.0 && c.is_finite())) || self.ce_per_ms.is_some_and(|c| !(c >= 0.0 && c.is_finite())) {
+        if self.ce.is_some_and(|c| !(c >= 0.0 && c.is_finite()))
+            || self.ce_per_ms.is_some_and(|c| !(c >= 0.0 && c.is_finite()))
+        {
             return Err("ce and ce-per-ms must be finite and non-negative".into());
         }
         let model = self.model.clone().unwrap_or_else(|| "digits".into());
@@ -144,15 +168,28 @@ mod tests {
     fn flags_win_over_the_file_and_defaults_fill_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("edge.toml");
-        std::fs::write(&p, "legacy = \"m.onnx\"\ndeadline-ms = 50\ntarget-rate = 0.2\nmodel = \"file\"\n").unwrap();
-        let flags = DeviceArgs { model: Some("flag".into()), ..Default::default() };
-        let s = flags.merged_with(DeviceArgs::from_toml(&p).unwrap()).settings().unwrap();
+        std::fs::write(
+            &p,
+            "legacy = \"m.onnx\"\ndeadline-ms = 50\ntarget-rate = 0.2\nmodel = \"file\"\n",
+        )
+        .unwrap();
+        let flags = DeviceArgs {
+            model: Some("flag".into()),
+            ..Default::default()
+        };
+        let s = flags
+            .merged_with(DeviceArgs::from_toml(&p).unwrap())
+            .settings()
+            .unwrap();
         assert_eq!(s.edge.model, "flag");
         assert_eq!(s.edge.deadline, Duration::from_millis(50));
         assert_eq!(s.edge.policy.rule, Rule::Rate(0.2));
         assert_eq!(s.edge.breaker_failures, 3);
         std::fs::write(&p, "legacy = \"m.onnx\"\nunknown-key = 1\n").unwrap();
         assert!(DeviceArgs::from_toml(&p).unwrap_err().contains("unknown"));
-        assert!(DeviceArgs::default().settings().unwrap_err().contains("--legacy"));
+        assert!(DeviceArgs::default()
+            .settings()
+            .unwrap_err()
+            .contains("--legacy"));
     }
 }

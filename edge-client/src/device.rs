@@ -17,13 +17,19 @@ pub async fn start(s: &Settings) -> Result<Arc<Edge>, String> {
     let legacy = LegacyModel::load(&s.legacy, OutputKind::Auto).map_err(|e| e.to_string())?;
     let sha = legacy.sha256().to_string();
     let client = match &s.cloud {
-        Some(url) => Some(OffloadClient::new(url, &s.device_id, Duration::from_secs(2)).map_err(|e| format!("cloud address {url}: {e}"))?),
+        Some(url) => Some(
+            OffloadClient::new(url, &s.device_id, Duration::from_secs(2))
+                .map_err(|e| format!("cloud address {url}: {e}"))?,
+        ),
         None => None,
     };
     let cache = s.edge.bundle_cache.as_deref();
     let mut bundle = None;
     if let Some(dir) = &s.bundle {
-        bundle = Some(Bundle::from_repo_dir(dir, &s.edge.model, &sha).map_err(|e| format!("--bundle {}: {e}", dir.display()))?);
+        bundle = Some(
+            Bundle::from_repo_dir(dir, &s.edge.model, &sha)
+                .map_err(|e| format!("--bundle {}: {e}", dir.display()))?,
+        );
     }
     if bundle.is_none() {
         if let Some(dir) = cache {
@@ -35,12 +41,18 @@ pub async fn start(s: &Settings) -> Result<Arc<Edge>, String> {
     }
     if bundle.is_none() {
         if let Some(c) = &client {
-            let reply = c.bundle(&s.edge.model, &sha, "", SYNC_DEADLINE).await.map_err(|e| format!("fetching the rejector bundle: {}", e.message()))?;
-            let b = Bundle::from_proto(reply, &sha).map_err(|e| format!("refused the cloud's bundle: {e}"))?;
+            let reply = c
+                .bundle(&s.edge.model, &sha, "", SYNC_DEADLINE)
+                .await
+                .map_err(|e| format!("fetching the rejector bundle: {}", e.message()))?;
+            let b = Bundle::from_proto(reply, &sha)
+                .map_err(|e| format!("refused the cloud's bundle: {e}"))?;
             bundle = Some(b);
         }
     }
-    let bundle = bundle.ok_or("no rejector bundle: give --bundle, a --bundle-cache holding one, or a reachable --cloud")?;
+    let bundle = bundle.ok_or(
+        "no rejector bundle: give --bundle, a --bundle-cache holding one, or a reachable --cloud",
+    )?;
     if let Some(dir) = cache {
         if let Err(e) = bundle.save(dir) {
             tracing::warn!(reason = %e, "could not persist the bundle");
@@ -71,7 +83,9 @@ pub fn spawn_sync_loop(edge: Arc<Edge>, period: Duration) -> Option<tokio::task:
             tick.tick().await;
             match edge.sync_bundle(SYNC_DEADLINE).await {
                 Ok(changed) => tracing::debug!(changed, "bundle sync"),
-                Err(e) => tracing::warn!(reason = %e, "bundle sync failed; keeping the current bundle"),
+                Err(e) => {
+                    tracing::warn!(reason = %e, "bundle sync failed; keeping the current bundle")
+                }
             }
         }
     }))

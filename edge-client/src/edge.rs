@@ -4,7 +4,7 @@
 
 use crate::breaker::CircuitBreaker;
 use crate::bundle::{Bundle, BundleError};
-use crate::client::OffloadClient;
+use crate::client::{Offload, OffloadClient};
 use crate::policy::{BundleRule, Policy, PolicyConfig, Verdict};
 use crate::stats::{Source, Stats};
 use offload_shared::engine::EngineError;
@@ -94,12 +94,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Edge {
     /// A device with its legacy model, an initial (verified) bundle and an optional cloud client.
-    pub fn new(legacy: LegacyModel, bundle: Bundle, client: Option<OffloadClient>, settings: EdgeSettings) -> Self {
+    pub fn new(
+        legacy: LegacyModel,
+        bundle: Bundle,
+        client: Option<OffloadClient>,
+        settings: EdgeSettings,
+    ) -> Self {
         Self {
             legacy,
             bundle: RwLock::new(Arc::new(bundle)),
             policy: Mutex::new(Policy::new(settings.policy.clone())),
-            breaker: Mutex::new(CircuitBreaker::new(settings.breaker_failures, settings.breaker_backoff)),
+            breaker: Mutex::new(CircuitBreaker::new(
+                settings.breaker_failures,
+                settings.breaker_backoff,
+            )),
             client,
             settings,
             stats: Mutex::new(Stats::default()),
@@ -108,7 +116,10 @@ impl Edge {
 
     /// The current bundle.
     pub fn bundle(&self) -> Arc<Bundle> {
-        self.bundle.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.bundle
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Replaces the policy settings live (e.g. a new c_e).
@@ -133,18 +144,37 @@ impl Edge {
         let out = bundle.rejector.outputs(x, &probs, 1)?;
         let meta = &bundle.meta;
         let score = decision_score(meta.kind, &out, meta.costs.c1);
-        let rule = BundleRule { kind: meta.kind, threshold: meta.threshold, ce: meta.costs.ce, quantiles: &meta.score_quantiles };
+        let rule = BundleRule {
+            kind: meta.kind,
+            threshold: meta.threshold,
+            ce: meta.costs.ce,
+            quantiles: &meta.score_quantiles,
+        };
         let verdict = lock(&self.policy).decide(score, rule, Instant::now());
-        Ok(LocalDecision { label: argmax(&probs) as u32, score, verdict, elapsed: t0.elapsed(), bundle })
+        Ok(LocalDecision {
+            label: argmax(&probs) as u32,
+            score,
+            verdict,
+            elapsed: t0.elapsed(),
+            bundle,
+        })
     }
 
     /// Answers one input. Never fails because of the cloud: any offload error answers with m.
-    pub async fn answer(self: &Arc<Self>, id: String, x: Vec<f32>, truth: Option<u32>) -> Result<Answer, EngineError> {
+    pub async fn answer(
+        self: &Arc<Self>,
+        id: String,
+        x: Vec<f32>,
+        truth: Option<u32>,
+    ) -> Result<Answer, EngineError> {
         let t0 = Instant::now();
         let me = self.clone();
         let (local, x) = tokio::task::spawn_blocking(move || me.decide_local(&x).map(|d| (d, x)))
             .await
-            .map_err(|e| EngineError::Run { model: "edge".into(), reason: e.to_string() })??;
+            .map_err(|e| EngineError::Run {
+                model: "edge".into(),
+                reason: e.to_string(),
+            })??;
         let meta = &local.bundle.meta;
         let mut answer = Answer {
             id,
@@ -165,7 +195,11 @@ impl Edge {
             Verdict::Offload => self.offload(&mut answer, &local, &x).await,
         }
         answer.total_latency_us = t0.elapsed().as_micros() as u64;
-        lock(&self.stats).record(answer.source, answer.total_latency_us, truth.map(|t| t == answer.label));
+        lock(&self.stats).record(
+            answer.source,
+            answer.total_latency_us,
+            truth.map(|t| t == answer.label),
+        );
         Ok(answer)
     }
 
@@ -183,9 +217,15 @@ impl Edge {
         shape.extend_from_slice(self.legacy.input_shape());
         let meta = &local.bundle.meta;
         let t = Instant::now();
-        let res = client
-            .infer(&self.settings.model, &meta.expert_version, &answer.id, x, &shape, local.score, self.settings.deadline)
-            .await;
+        let offload = Offload {
+            model: &self.settings.model,
+            version: &meta.expert_version,
+            request_id: &answer.id,
+            x,
+            shape: &shape,
+            score: local.score,
+        };
+        let res = client.infer(offload, self.settings.deadline).await;
         let rtt = t.elapsed();
         answer.remote_latency_us = Some(rtt.as_micros() as u64);
         match res {
@@ -209,7 +249,12 @@ impl Edge {
         let client = self.client.as_ref().ok_or(SyncError::NoCloud)?;
         let current = self.bundle();
         let reply = client
-            .bundle(&self.settings.model, self.legacy.sha256(), &current.meta.version, deadline)
+            .bundle(
+                &self.settings.model,
+                self.legacy.sha256(),
+                &current.meta.version,
+                deadline,
+            )
             .await
             .map_err(|s| SyncError::Rpc(format!("{:?}: {}", s.code(), s.message())))?;
         if reply.unchanged {

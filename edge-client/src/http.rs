@@ -27,20 +27,32 @@ pub struct PredictRequest {
 type ApiError = (StatusCode, Json<serde_json::Value>);
 
 fn bad(msg: String) -> ApiError {
-    (StatusCode::UNPROCESSABLE_ENTITY, Json(serde_json::json!({ "error": msg })))
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Json(serde_json::json!({ "error": msg })),
+    )
 }
 
-async fn predict(State(edge): State<Arc<Edge>>, Json(req): Json<PredictRequest>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn predict(
+    State(edge): State<Arc<Edge>>,
+    Json(req): Json<PredictRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let d = edge.feature_len();
     if req.inputs.is_empty() || req.inputs.len() > 256 {
-        return Err(bad(format!("field `inputs`: need 1..=256 inputs, got {}", req.inputs.len())));
+        return Err(bad(format!(
+            "field `inputs`: need 1..=256 inputs, got {}",
+            req.inputs.len()
+        )));
     }
     if !req.ids.is_empty() && req.ids.len() != req.inputs.len() {
         return Err(bad("field `ids`: one id per input".into()));
     }
     for (i, x) in req.inputs.iter().enumerate() {
         if x.len() != d {
-            return Err(bad(format!("field `inputs[{i}]`: {} values, the model takes {d}", x.len())));
+            return Err(bad(format!(
+                "field `inputs[{i}]`: {} values, the model takes {d}",
+                x.len()
+            )));
         }
         if let Some(j) = x.iter().position(|v| !v.is_finite()) {
             return Err(bad(format!("field `inputs[{i}][{j}]`: not finite")));
@@ -51,7 +63,10 @@ async fn predict(State(edge): State<Arc<Edge>>, Json(req): Json<PredictRequest>)
         let id = req.ids.get(i).cloned().unwrap_or_else(|| i.to_string());
         let a = edge.answer(id, x, None).await.map_err(|e| {
             tracing::error!(error = %e, "local inference failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, Json(serde_json::json!({ "error": "local inference failed" })))
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(serde_json::json!({ "error": "local inference failed" })),
+            )
         })?;
         answers.push(a);
     }
@@ -60,7 +75,9 @@ async fn predict(State(edge): State<Arc<Edge>>, Json(req): Json<PredictRequest>)
 
 async fn health(State(edge): State<Arc<Edge>>) -> Json<serde_json::Value> {
     let b = edge.bundle();
-    Json(serde_json::json!({ "status": "ok", "rejector_version": b.meta.version, "expert_version": b.meta.expert_version }))
+    Json(
+        serde_json::json!({ "status": "ok", "rejector_version": b.meta.version, "expert_version": b.meta.expert_version }),
+    )
 }
 
 async fn stats(State(edge): State<Arc<Edge>>) -> Json<crate::stats::Summary> {

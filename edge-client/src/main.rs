@@ -33,6 +33,9 @@ enum Command {
         /// Write the JSON lines here instead of stdout.
         #[arg(long, env = "EDGE_OUT")]
         out: Option<PathBuf>,
+        /// Pause between inputs in milliseconds (simulates a sensor's input rate).
+        #[arg(long, env = "EDGE_INTERVAL_MS", default_value_t = 0)]
+        interval_ms: u64,
     },
     /// Serve POST /predict, GET /health and GET /stats for applications on the device.
     Serve {
@@ -65,17 +68,26 @@ enum Command {
     },
 }
 
-fn settings(config: Option<&std::path::Path>, device: DeviceArgs) -> anyhow::Result<edge_client::config::Settings> {
+fn settings(
+    config: Option<&std::path::Path>,
+    device: DeviceArgs,
+) -> anyhow::Result<edge_client::config::Settings> {
     let file = match config {
         Some(p) => DeviceArgs::from_toml(p).map_err(anyhow::Error::msg)?,
         None => DeviceArgs::default(),
     };
-    device.merged_with(file).settings().map_err(anyhow::Error::msg)
+    device
+        .merged_with(file)
+        .settings()
+        .map_err(anyhow::Error::msg)
 }
 
 fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         b.json().init()
     } else {
@@ -88,16 +100,32 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_json);
     match cli.command {
-        Command::Run { device, input, split_seed, out } => {
+        Command::Run {
+            device,
+            input,
+            split_seed,
+            out,
+            interval_ms,
+        } => {
             let s = settings(cli.config.as_deref(), device)?;
-            let edge = edge_client::device::start(&s).await.map_err(anyhow::Error::msg)?;
+            let edge = edge_client::device::start(&s)
+                .await
+                .map_err(anyhow::Error::msg)?;
             let sync = edge_client::device::spawn_sync_loop(edge.clone(), s.sync_interval);
-            let data = edge_client::run_cmd::load_inputs(&input, split_seed).map_err(anyhow::Error::msg)?;
+            let data = edge_client::run_cmd::load_inputs(&input, split_seed)
+                .map_err(anyhow::Error::msg)?;
             let mut sink: Box<dyn std::io::Write> = match &out {
                 Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p)?)),
                 None => Box::new(std::io::stdout().lock()),
             };
-            let summary = edge_client::run_cmd::run(edge, &data, sink.as_mut()).await.map_err(anyhow::Error::msg)?;
+            let summary = edge_client::run_cmd::run(
+                edge,
+                &data,
+                sink.as_mut(),
+                std::time::Duration::from_millis(interval_ms),
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
             sink.flush()?;
             if let Some(t) = sync {
                 t.abort();
@@ -106,7 +134,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Serve { device, listen } => {
             let s = settings(cli.config.as_deref(), device)?;
-            let edge = edge_client::device::start(&s).await.map_err(anyhow::Error::msg)?;
+            let edge = edge_client::device::start(&s)
+                .await
+                .map_err(anyhow::Error::msg)?;
             let _sync = edge_client::device::spawn_sync_loop(edge.clone(), s.sync_interval);
             let listener = tokio::net::TcpListener::bind(listen).await?;
             tracing::info!(%listen, "device endpoint up");
@@ -116,16 +146,28 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .await?;
         }
-        Command::Decide { bundle, data, threshold } => {
+        Command::Decide {
+            bundle,
+            data,
+            threshold,
+        } => {
             let models = edge_client::EdgeModels::load(&bundle)?;
             let ds = offload_shared::dataset::DataSource::parse(&data, None)?.load()?;
             let mut offloads = 0;
             for i in 0..ds.len() {
                 let d = models.decide(ds.row(i), threshold)?;
                 offloads += d.offload as usize;
-                println!("{}", serde_json::json!({"id": i, "label": ds.labels()[i], "decision": d}));
+                println!(
+                    "{}",
+                    serde_json::json!({"id": i, "label": ds.labels()[i], "decision": d})
+                );
             }
-            eprintln!("{} inputs, {} offloaded ({:.1}%)", ds.len(), offloads, 100.0 * offloads as f64 / ds.len().max(1) as f64);
+            eprintln!(
+                "{} inputs, {} offloaded ({:.1}%)",
+                ds.len(),
+                offloads,
+                100.0 * offloads as f64 / ds.len().max(1) as f64
+            );
         }
         Command::Bench { bundle, iterations } => {
             let models = edge_client::EdgeModels::load(&bundle)?;
@@ -141,7 +183,12 @@ async fn main() -> anyhow::Result<()> {
             }
             lat.sort_by(f64::total_cmp);
             let p = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
-            println!("edge decision m + r: {} inputs, p50 {:.1} us, p99 {:.1} us", lat.len(), p(0.5), p(0.99));
+            println!(
+                "edge decision m + r: {} inputs, p50 {:.1} us, p99 {:.1} us",
+                lat.len(),
+                p(0.5),
+                p(0.99)
+            );
         }
     }
     Ok(())

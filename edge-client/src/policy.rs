@@ -38,7 +38,13 @@ pub struct PolicyConfig {
 
 impl Default for PolicyConfig {
     fn default() -> Self {
-        Self { rule: Rule::Trained, ce: None, ce_per_ms: 0.0, budget: None, budget_window: Duration::from_secs(1) }
+        Self {
+            rule: Rule::Trained,
+            ce: None,
+            ce_per_ms: 0.0,
+            budget: None,
+            budget_window: Duration::from_secs(1),
+        }
     }
 }
 
@@ -81,7 +87,11 @@ pub struct Policy {
 impl Policy {
     /// A policy with the given settings.
     pub fn new(cfg: PolicyConfig) -> Self {
-        Self { cfg, recent: VecDeque::new(), rtt_ms: None }
+        Self {
+            cfg,
+            recent: VecDeque::new(),
+            rtt_ms: None,
+        }
     }
 
     /// Settings.
@@ -123,7 +133,11 @@ impl Policy {
             return Verdict::Local;
         }
         if let Some(max) = self.cfg.budget {
-            while self.recent.front().is_some_and(|t| now.duration_since(*t) >= self.cfg.budget_window) {
+            while self
+                .recent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= self.cfg.budget_window)
+            {
                 self.recent.pop_front();
             }
             if self.recent.len() >= max {
@@ -140,7 +154,12 @@ mod tests {
     use super::*;
 
     fn rule(kind: RejectorKind, q: &[(f32, f32)]) -> BundleRule<'_> {
-        BundleRule { kind, threshold: 0.5, ce: 0.25, quantiles: q }
+        BundleRule {
+            kind,
+            threshold: 0.5,
+            ce: 0.25,
+            quantiles: q,
+        }
     }
 
     #[test]
@@ -148,39 +167,68 @@ mod tests {
         let q = offload_shared::repository::quantiles(&[0.1, 0.2, 0.9]);
         let mut p = Policy::new(PolicyConfig::default());
         let now = Instant::now();
-        assert_eq!(p.decide(0.6, rule(RejectorKind::Score, &q), now), Verdict::Offload);
-        assert_eq!(p.decide(0.4, rule(RejectorKind::Score, &q), now), Verdict::Local);
-        p.set_config(PolicyConfig { rule: Rule::Threshold(0.3), ..Default::default() });
-        assert_eq!(p.decide(0.4, rule(RejectorKind::Score, &q), now), Verdict::Offload);
+        assert_eq!(
+            p.decide(0.6, rule(RejectorKind::Score, &q), now),
+            Verdict::Offload
+        );
+        assert_eq!(
+            p.decide(0.4, rule(RejectorKind::Score, &q), now),
+            Verdict::Local
+        );
+        p.set_config(PolicyConfig {
+            rule: Rule::Threshold(0.3),
+            ..Default::default()
+        });
+        assert_eq!(
+            p.decide(0.4, rule(RejectorKind::Score, &q), now),
+            Verdict::Offload
+        );
     }
 
     #[test]
     fn target_rate_uses_validation_quantiles() {
         let scores: Vec<f32> = (0..100).map(|i| i as f32 / 100.0).collect();
         let q = offload_shared::repository::quantiles(&scores);
-        let mut p = Policy::new(PolicyConfig { rule: Rule::Rate(0.1), ..Default::default() });
+        let mut p = Policy::new(PolicyConfig {
+            rule: Rule::Rate(0.1),
+            ..Default::default()
+        });
         let now = Instant::now();
-        let off = scores.iter().filter(|&&s| p.decide(s, rule(RejectorKind::Score, &q), now) == Verdict::Offload).count();
+        let off = scores
+            .iter()
+            .filter(|&&s| p.decide(s, rule(RejectorKind::Score, &q), now) == Verdict::Offload)
+            .count();
         assert!((9..=11).contains(&off), "{off}");
     }
 
     #[test]
     fn budget_caps_offloads_per_window_and_refills() {
         let q = [(0.0, 0.0), (1.0, 1.0)];
-        let cfg = PolicyConfig { budget: Some(2), budget_window: Duration::from_millis(100), ..Default::default() };
+        let cfg = PolicyConfig {
+            budget: Some(2),
+            budget_window: Duration::from_millis(100),
+            ..Default::default()
+        };
         let mut p = Policy::new(cfg);
         let t0 = Instant::now();
         let r = rule(RejectorKind::Score, &q);
         assert_eq!(p.decide(0.9, r, t0), Verdict::Offload);
         assert_eq!(p.decide(0.9, r, t0), Verdict::Offload);
         assert_eq!(p.decide(0.9, r, t0), Verdict::BudgetExhausted);
-        assert_eq!(p.decide(0.9, r, t0 + Duration::from_millis(100)), Verdict::Offload);
+        assert_eq!(
+            p.decide(0.9, r, t0 + Duration::from_millis(100)),
+            Verdict::Offload
+        );
     }
 
     #[test]
     fn plug_in_price_grows_with_round_trip_time() {
         let q = [(0.0, 0.0), (1.0, 1.0)];
-        let cfg = PolicyConfig { ce: Some(0.1), ce_per_ms: 0.01, ..Default::default() };
+        let cfg = PolicyConfig {
+            ce: Some(0.1),
+            ce_per_ms: 0.01,
+            ..Default::default()
+        };
         let mut p = Policy::new(cfg);
         let r = rule(RejectorKind::PlugIn, &q);
         assert!((p.threshold(r) - 0.1).abs() < 1e-6);

@@ -93,7 +93,11 @@ impl Stats {
             remote: self.remote,
             fallback: self.fallback,
             budget_refused: self.budget_refused,
-            offload_rate: if total == 0 { 0.0 } else { (self.remote + self.fallback) as f64 / total as f64 },
+            offload_rate: if total == 0 {
+                0.0
+            } else {
+                (self.remote + self.fallback) as f64 / total as f64
+            },
             accuracy: (self.labelled > 0).then(|| self.correct as f64 / self.labelled as f64),
             latency_p50_us: pct(0.5),
             latency_p99_us: pct(0.99),

@@ -116,3 +116,62 @@ pub fn train(dir: &Path, legacy: &Path, model: &str, extra: &[&str]) -> PathBuf 
 pub fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
+
+/// A `cloud-expert serve` process on a loopback port, killed on drop.
+pub struct CloudProcess {
+    /// The child process.
+    child: std::process::Child,
+    /// Where it listens.
+    pub addr: String,
+}
+
+impl CloudProcess {
+    /// Starts a server on `addr` (use `127.0.0.1:0` for an ephemeral port) and waits for its
+    /// "ready on ADDR" line, i.e. until every model is warm.
+    pub fn start(repo: &Path, addr: &str, extra: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(bin("cloud-expert"))
+            .args(["serve", "--repo", repo.to_str().unwrap(), "--addr", addr])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn cloud-expert serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("ready on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Self { child, addr }
+    }
+
+    /// The URL edge clients use.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for CloudProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Parses JSON lines.
+pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}

@@ -38,6 +38,17 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CloudError> {
+    run_with_ready(cfg, listener, shutdown, None).await
+}
+
+/// [`run`], additionally sending the bound address on `ready` once every model is warm and
+/// health reports SERVING.
+pub async fn run_with_ready(
+    cfg: ServeConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
+) -> Result<(), CloudError> {
     let repo = cfg.repo.clone();
     let batch = cfg.batch;
     let registry = tokio::task::spawn_blocking(move || Registry::load(&repo, batch))
@@ -67,6 +78,9 @@ pub async fn run(
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
     tracing::info!(addr = ?listener.local_addr().ok(), models = registry.models.len(), "serving");
+    if let (Some(tx), Ok(addr)) = (ready, listener.local_addr()) {
+        let _ = tx.send(addr);
+    }
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = {
         let reporter = reporter.clone();

@@ -33,6 +33,25 @@ pub enum Command {
     Bench(BenchArgs),
     /// Serve every model of a repository over gRPC (Expert, ModelSync, health, reflection).
     Serve(ServeArgs),
+    /// Benchmark the server: round trip at concurrency 1/16/64, batching on versus off.
+    BenchServe(BenchServeArgs),
+}
+
+/// `cloud-expert bench-serve`.
+#[derive(Debug, Args)]
+pub struct BenchServeArgs {
+    /// Model repository root (a trained repository).
+    #[arg(long, env = "OFFLOAD_REPO")]
+    pub repo: PathBuf,
+    /// Model to load.
+    #[arg(long, default_value = "digits")]
+    pub model: String,
+    /// Seconds per measurement point.
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Batching delay of the "on" configuration, microseconds.
+    #[arg(long, default_value_t = 500)]
+    pub max_delay_us: u64,
 }
 
 /// `cloud-expert serve`.

@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod bench_serve;
 pub mod config;
 pub mod error;
 pub mod evaluate;
@@ -87,6 +88,7 @@ pub fn run(cli: Cli) -> Result<(), CloudError> {
             println!("exported rejector matches tch: max |diff| = {diff:e}");
         }
         Command::Bench(a) => bench::run(&a)?,
+        Command::BenchServe(a) => bench_serve::run(&a)?,
         Command::Serve(a) => {
             let cfg = serve_config(&a)?;
             let rt = tokio::runtime::Runtime::new().map_err(error::io_err(&a.repo))?;

@@ -7,7 +7,7 @@
 //! oneshot channel. Model compute therefore never runs on the async runtime.
 
 use crate::stored::LoadedExpert;
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -121,21 +121,35 @@ where
     Ok(BatchQueue { tx })
 }
 
+/// Adaptive gathering: everything already queued is always taken (up to `max_batch` rows); the
+/// worker only *waits* (up to `max_delay`) for more while the batch has fewer jobs than the
+/// previous one had. Under steady concurrency the previous batch size predicts how many requests
+/// are about to arrive; a lone client (previous batch of one) never waits, so batching adds no
+/// latency at concurrency 1.
 fn worker_loop(expert: &LoadedExpert, rx: &Receiver<Job>, cfg: BatchConfig) {
+    let mut expected = 1usize;
     while let Ok(first) = rx.recv() {
         let started = Instant::now();
         let mut batch = vec![first];
         let mut rows = batch[0].rows;
         while rows < cfg.max_batch {
-            let left = cfg.max_delay.saturating_sub(started.elapsed());
-            match rx.recv_timeout(left) {
-                Ok(job) => {
+            let next = match rx.try_recv() {
+                Ok(job) => Some(job),
+                Err(_) if batch.len() >= expected => None,
+                Err(_) => {
+                    let left = cfg.max_delay.saturating_sub(started.elapsed());
+                    rx.recv_timeout(left).ok()
+                }
+            };
+            match next {
+                Some(job) => {
                     rows += job.rows;
                     batch.push(job);
                 }
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+                None => break,
             }
         }
+        expected = batch.len();
         let now = Instant::now();
         let (live, late): (Vec<Job>, Vec<Job>) = batch
             .into_iter()

@@ -101,10 +101,7 @@ pub async fn run_with_ready(
         .add_service(reflection)
         .add_service(expert)
         .add_service(sync)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            signal,
-        );
+        .serve_with_incoming_shutdown(incoming(listener), signal);
     let grace = cfg.grace;
     tokio::select! {
         r = server => r.map_err(|e| CloudError::Config(format!("server: {e}"))),
@@ -113,6 +110,19 @@ pub async fn run_with_ready(
             Ok(())
         }
     }
+}
+
+/// Accepted connections with Nagle's algorithm off: small replies must not wait for the peer's
+/// delayed ACK (that costs up to 40 ms per response on Linux).
+fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+        let s = s?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM (Kubernetes sends SIGTERM).

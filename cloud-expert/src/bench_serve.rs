@@ -14,7 +14,13 @@ fn pct(v: &mut [f64], q: f64) -> f64 {
 }
 
 /// Runs `concurrency` closed-loop clients for `duration`; returns (latencies in us, requests/s).
-async fn load(url: &str, model: &str, d: usize, concurrency: usize, duration: Duration) -> Result<(Vec<f64>, f64), CloudError> {
+async fn load(
+    url: &str,
+    model: &str,
+    d: usize,
+    concurrency: usize,
+    duration: Duration,
+) -> Result<(Vec<f64>, f64), CloudError> {
     let channel = tonic::transport::Endpoint::from_shared(url.to_string())
         .map_err(|e| CloudError::Config(e.to_string()))?
         .tcp_nodelay(true)
@@ -26,13 +32,19 @@ async fn load(url: &str, model: &str, d: usize, concurrency: usize, duration: Du
     let mut tasks = Vec::new();
     for w in 0..concurrency {
         let mut client = pb::expert_client::ExpertClient::new(channel.clone());
-        let rows: Vec<Vec<f32>> = (0..64).map(|i| data.row((w * 64 + i) % data.len())[..d].to_vec()).collect();
+        let rows: Vec<Vec<f32>> = (0..64)
+            .map(|i| data.row((w * 64 + i) % data.len())[..d].to_vec())
+            .collect();
         let model = model.to_string();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut i = 0;
             while start.elapsed() < duration {
-                let req = pb::InferRequest { model: model.clone(), input: Some(encode_f32(&rows[i % 64], &[1, d])), ..Default::default() };
+                let req = pb::InferRequest {
+                    model: model.clone(),
+                    input: Some(encode_f32(&rows[i % 64], &[1, d])),
+                    ..Default::default()
+                };
                 let t = Instant::now();
                 if client.infer(req).await.is_ok() {
                     lat.push(t.elapsed().as_secs_f64() * 1e6);
@@ -50,17 +62,38 @@ async fn load(url: &str, model: &str, d: usize, concurrency: usize, duration: Du
     Ok((all, rps))
 }
 
-async fn with_server<F, Fut, T>(repo: &std::path::Path, batch: BatchConfig, f: F) -> Result<T, CloudError>
+async fn with_server<F, Fut, T>(
+    repo: &std::path::Path,
+    batch: BatchConfig,
+    f: F,
+) -> Result<T, CloudError>
 where
     F: FnOnce(String) -> Fut,
     Fut: std::future::Future<Output = Result<T, CloudError>>,
 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(crate::error::io_err(repo))?;
-    let cfg = ServeConfig { repo: repo.to_path_buf(), batch, max_rows: 64, max_message_bytes: 4 << 20, grace: Duration::from_secs(1) };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(crate::error::io_err(repo))?;
+    let cfg = ServeConfig {
+        repo: repo.to_path_buf(),
+        batch,
+        max_rows: 64,
+        max_message_bytes: 4 << 20,
+        grace: Duration::from_secs(1),
+    };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let server = tokio::spawn(serve::run_with_ready(cfg, listener, async move { let _ = stop_rx.await; }, Some(ready_tx)));
-    let addr = ready_rx.await.map_err(|_| CloudError::Config("server did not start".into()))?;
+    let server = tokio::spawn(serve::run_with_ready(
+        cfg,
+        listener,
+        async move {
+            let _ = stop_rx.await;
+        },
+        Some(ready_tx),
+    ));
+    let addr = ready_rx
+        .await
+        .map_err(|_| CloudError::Config("server did not start".into()))?;
     let out = f(format!("http://{addr}")).await;
     let _ = stop_tx.send(());
     let _ = server.await;
@@ -71,12 +104,14 @@ where
 pub fn run(a: &BenchServeArgs) -> Result<(), CloudError> {
     let rt = tokio::runtime::Runtime::new().map_err(crate::error::io_err(&a.repo))?;
     let meta: offload_shared::repository::ExpertMeta = offload_shared::repository::read_json(
-        &offload_shared::repository::Repository::new(&a.repo).version_dir(&a.model, None)?.join("expert.json"),
+        &offload_shared::repository::Repository::new(&a.repo)
+            .version_dir(&a.model, None)?
+            .join("expert.json"),
     )?;
     let d: usize = meta.input_shape.iter().product();
     let secs = Duration::from_secs_f64(a.seconds);
     rt.block_on(async {
-        let on = BatchConfig { max_batch: 64, max_delay: Duration::from_micros(a.max_delay_us), queue_depth: 1024, artificial_delay: Duration::ZERO };
+        let on = BatchConfig { max_batch: 64, max_delay: Duration::from_micros(a.max_delay_us), queue_depth: 1024, artificial_delay: Duration::ZERO, torch_threads: 1 };
         let off = BatchConfig { max_batch: 1, max_delay: Duration::ZERO, ..on };
         println!("offload round trip over loopback (model `{}`, batch-1 requests, {:.1} s per point):", a.model, a.seconds);
         with_server(&a.repo, on, |url| async move {

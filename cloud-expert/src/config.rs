@@ -81,6 +81,9 @@ pub struct ServeArgs {
     /// Seconds in-flight requests may take after SIGINT/SIGTERM.
     #[arg(long, env = "CLOUD_EXPERT_GRACE_SECS", default_value_t = 10.0)]
     pub grace_secs: f64,
+    /// libtorch intra-op threads per model worker.
+    #[arg(long, env = "CLOUD_EXPERT_TORCH_THREADS", default_value_t = 1)]
+    pub torch_threads: usize,
     /// Artificial delay per batch in milliseconds (fault testing only).
     #[arg(long, env = "CLOUD_EXPERT_EXPERT_DELAY_MS", default_value_t = 0)]
     pub expert_delay_ms: u64,

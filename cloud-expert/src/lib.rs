@@ -52,6 +52,7 @@ pub fn serve_config(a: &config::ServeArgs) -> Result<serve::ServeConfig, CloudEr
             max_delay: std::time::Duration::from_micros(a.max_delay_us),
             queue_depth: a.queue_depth,
             artificial_delay: std::time::Duration::from_millis(a.expert_delay_ms),
+            torch_threads: a.torch_threads,
         },
         max_rows: a.max_rows,
         max_message_bytes: a.max_message_bytes,

@@ -57,6 +57,7 @@ fn default_batch() -> BatchConfig {
         max_delay: Duration::from_millis(2),
         queue_depth: 64,
         artificial_delay: Duration::ZERO,
+        torch_threads: 1,
     }
 }
 
@@ -331,6 +332,7 @@ async fn a_full_queue_answers_resource_exhausted_and_late_requests_are_dropped()
         max_delay: Duration::ZERO,
         queue_depth: 1,
         artificial_delay: Duration::from_millis(150),
+        torch_threads: 1,
     };
     let server = Running::start(config(batch)).await;
     let client = server.expert().await;

@@ -22,6 +22,8 @@ pub struct BatchConfig {
     pub queue_depth: usize,
     /// Artificial extra compute time per batch (fault testing only; zero in production).
     pub artificial_delay: Duration,
+    /// libtorch intra-op threads.
+    pub torch_threads: usize,
 }
 
 /// One request's work.
@@ -103,15 +105,20 @@ where
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     std::thread::Builder::new()
         .name(format!("expert-{name}"))
-        .spawn(move || match load() {
-            Ok(expert) => {
-                let warm = vec![0.0; expert.feature_len()];
-                let ok = expert.probs(&warm, 1).map(|_| ());
-                let _ = ready_tx.send(ok);
-                worker_loop(&expert, &rx, cfg);
-            }
-            Err(e) => {
-                let _ = ready_tx.send(Err(e));
+        .spawn(move || {
+            // libtorch's intra-op pool would spin on the same cores as the gRPC runtime; by
+            // default each worker computes on its own thread (batching supplies the parallelism).
+            tch::set_num_threads(cfg.torch_threads.max(1) as i32);
+            match load() {
+                Ok(expert) => {
+                    let warm = vec![0.0; expert.feature_len()];
+                    let ok = expert.probs(&warm, 1).map(|_| ());
+                    let _ = ready_tx.send(ok);
+                    worker_loop(&expert, &rx, cfg);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
             }
         })
         .map_err(|e| e.to_string())?;

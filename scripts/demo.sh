@@ -31,7 +31,12 @@ ce eval --repo "$repo" --model digits
 "$bin/edge-client" decide --bundle "$repo/digits/1" > "$out/edge-decisions.jsonl"
 
 echo
+echo "== 6. live: cloud server + a fleet of edge clients over the test split, with a cloud outage"
+ce eval --repo "$repo" --model digits --grid "1,0.25" --predictions-out "$out/offline.jsonl" > /dev/null
+python3 "$(dirname "$0")/fleet.py" "$bin" "$repo" digits "$out/legacy-digits.onnx" "$out" 4
+
+echo
 echo "demo outputs in $out:"
 echo "  model repository   $repo/<model>/<version>/ (expert, rejector.onnx, legacy.onnx, report.json)"
 echo "  curves             $repo/digits/1/curves.svg, $repo/oddeven/1/curves.svg, $repo/digits-plain/1/curves.svg"
-echo "  device decisions   $out/edge-decisions.jsonl"
+echo "  device decisions   $out/edge-decisions.jsonl (offline), $out/edge-<i>.jsonl (live fleet)"

@@ -38,8 +38,7 @@ test: setup lint
 
 bench: setup
 	$(CARGO) build --release --bins
-	$(CARGO) run --release -p cloud-expert --bin cloud-expert -- bench
-	$(CARGO) run --release -p edge-client --bin edge-client -- bench
+	bash scripts/bench.sh "$(CURDIR)/bench-out"
 
 clean-venv:
 	rm -rf $(VENV)

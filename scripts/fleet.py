@@ -32,17 +32,17 @@ def pct(values, q):
 
 
 cloud, addr = start_cloud("127.0.0.1:0")
-print(f"cloud serving on {addr}; starting {clients} edge clients (test split, 4 ms between inputs)")
+print(f"cloud serving on {addr}; starting {clients} edge clients (test split, 6 ms between inputs)")
 procs = []
 for i in range(clients):
     f = out / f"edge-{i}.jsonl"
     procs.append((f, subprocess.Popen(
         [bin_dir / "edge-client", "run", "--cloud", f"http://{addr}", "--legacy", legacy,
          "--model", model, "--device-id", f"device-{i}", "--input", "digits:test",
-         "--interval-ms", "4", "--deadline-ms", "200", "--breaker-backoff-ms", "250",
+         "--interval-ms", "6", "--deadline-ms", "200", "--breaker-backoff-ms", "250",
          "--bundle-cache", out / f"bundle-cache-{i}", "--out", f],
         stderr=subprocess.PIPE, text=True, env=env)))
-time.sleep(0.5)
+time.sleep(0.8)
 print("cloud outage: killing the server")
 cloud.kill()
 cloud.wait()

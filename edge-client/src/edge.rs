@@ -122,6 +122,11 @@ impl Edge {
             .clone()
     }
 
+    /// The policy settings in force.
+    pub fn policy_config(&self) -> PolicyConfig {
+        lock(&self.policy).config().clone()
+    }
+
     /// Replaces the policy settings live (e.g. a new c_e).
     pub fn set_policy(&self, cfg: PolicyConfig) {
         lock(&self.policy).set_config(cfg);

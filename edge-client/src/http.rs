@@ -1,6 +1,7 @@
 //! `edge-client serve`: a local HTTP endpoint for applications on the device.
 //! `POST /predict` `{"inputs": [[f32; d], ...], "ids"?: [..]}` answers each input;
-//! `GET /health` reports the bundle in use; `GET /stats` the counters.
+//! `GET /health` reports the bundle in use; `GET /stats` the counters; `GET /policy` and
+//! `POST /policy` read and change the decision policy live (e.g. a new c_e).
 
 use crate::edge::Edge;
 use axum::extract::State;
@@ -73,6 +74,57 @@ async fn predict(
     Ok(Json(serde_json::json!({ "answers": answers })))
 }
 
+/// A live change of the decision policy; absent fields keep their value.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyUpdate {
+    /// Plug-in rejectors: offload price c_e.
+    pub ce: Option<f32>,
+    /// Plug-in rejectors: price per millisecond of round-trip time.
+    pub ce_per_ms: Option<f32>,
+    /// Fixed threshold (switches the rule to a threshold).
+    pub threshold: Option<f32>,
+    /// Target offload rate (switches the rule to a rate).
+    pub target_rate: Option<f32>,
+    /// Offload budget per window (0 removes it).
+    pub budget: Option<usize>,
+}
+
+async fn set_policy(
+    State(edge): State<Arc<Edge>>,
+    Json(u): Json<PolicyUpdate>,
+) -> Result<Json<crate::policy::PolicyConfig>, ApiError> {
+    let mut cfg = edge.policy_config();
+    let finite = |name: &str, v: f32, lo: f32, hi: f32| {
+        if v.is_finite() && (lo..=hi).contains(&v) {
+            Ok(v)
+        } else {
+            Err(bad(format!("field `{name}`: {v} is outside [{lo}, {hi}]")))
+        }
+    };
+    if let Some(v) = u.ce {
+        cfg.ce = Some(finite("ce", v, 0.0, f32::MAX)?);
+    }
+    if let Some(v) = u.ce_per_ms {
+        cfg.ce_per_ms = finite("ce_per_ms", v, 0.0, f32::MAX)?;
+    }
+    match (u.threshold, u.target_rate) {
+        (Some(_), Some(_)) => return Err(bad("give either `threshold` or `target_rate`".into())),
+        (Some(t), None) => {
+            cfg.rule = crate::policy::Rule::Threshold(finite("threshold", t, f32::MIN, f32::MAX)?)
+        }
+        (None, Some(r)) => {
+            cfg.rule = crate::policy::Rule::Rate(finite("target_rate", r, 0.0, 1.0)?)
+        }
+        (None, None) => {}
+    }
+    if let Some(b) = u.budget {
+        cfg.budget = (b > 0).then_some(b);
+    }
+    edge.set_policy(cfg.clone());
+    Ok(Json(cfg))
+}
+
 async fn health(State(edge): State<Arc<Edge>>) -> Json<serde_json::Value> {
     let b = edge.bundle();
     Json(
@@ -84,12 +136,17 @@ async fn stats(State(edge): State<Arc<Edge>>) -> Json<crate::stats::Summary> {
     Json(edge.stats())
 }
 
+async fn get_policy(State(edge): State<Arc<Edge>>) -> Json<crate::policy::PolicyConfig> {
+    Json(edge.policy_config())
+}
+
 /// The device's HTTP application.
 pub fn app(edge: Arc<Edge>) -> Router {
     Router::new()
         .route("/predict", post(predict))
         .route("/health", get(health))
         .route("/stats", get(stats))
+        .route("/policy", get(get_policy).post(set_policy))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(edge)
 }

@@ -139,7 +139,10 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)?;
             let _sync = edge_client::device::spawn_sync_loop(edge.clone(), s.sync_interval);
             let listener = tokio::net::TcpListener::bind(listen).await?;
-            tracing::info!(%listen, "device endpoint up");
+            let bound = listener.local_addr()?;
+            tracing::info!(%bound, "device endpoint up");
+            // A line on stdout that scripts and tests wait for.
+            println!("listening on {bound}");
             axum::serve(listener, edge_client::http::app(edge))
                 .with_graceful_shutdown(async {
                     let _ = tokio::signal::ctrl_c().await;

@@ -155,6 +155,14 @@ impl CloudProcess {
         format!("http://{}", self.addr)
     }
 
+    /// Sends SIGTERM (what Kubernetes sends) and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().expect("wait")
+    }
+
     /// Kills the server at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

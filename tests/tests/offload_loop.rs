@@ -222,3 +222,47 @@ fn many_edge_clients_against_a_small_queue_get_pushback_not_hangs() {
     ));
     assert!(lone.iter().any(|l| l["source"] == "remote"));
 }
+
+#[test]
+fn sigterm_drains_and_exits_cleanly() {
+    let (_, legacy, repo) = fixture();
+    let mut cloud = CloudProcess::start(
+        repo,
+        "127.0.0.1:0",
+        &["--grace-secs", "2", "--expert-delay-ms", "300"],
+    );
+    let url = cloud.url();
+    // One offload in flight when SIGTERM arrives still gets its answer.
+    let args = edge_args(
+        &url,
+        legacy,
+        &[
+            "--deadline-ms",
+            "3000",
+            "--threshold=-1",
+            "--input",
+            "digits:test",
+        ],
+    );
+    let mut edge = Command::new(bin("edge-client"))
+        .args(&args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = std::io::BufReader::new(edge.stdout.take().unwrap());
+    let mut first = String::new();
+    reader.read_line(&mut first).unwrap();
+    assert!(first.contains("\"remote\""), "{first}");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let status = cloud.terminate();
+    assert!(status.success(), "server exit status {status:?}");
+    let mut second = String::new();
+    reader.read_line(&mut second).unwrap();
+    assert!(
+        second.contains("\"remote\""),
+        "the in-flight offload was lost: {second}"
+    );
+    let _ = edge.kill();
+    let _ = edge.wait();
+}

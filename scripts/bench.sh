@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The benchmark entry point (`make bench`): training throughput, device decision latency,
+# offload round trip at concurrency 1/16/64, and dynamic batching on versus off, for the digits
+# expert and for a compute-bound expert. Prints the figures; writes nothing outside $1.
+set -euo pipefail
+out="${1:-bench-out}"
+bin="$(cd "$(dirname "$0")/.." && pwd)/target/release"
+export RUST_LOG="${RUST_LOG:-warn}"
+rm -rf "$out" && mkdir -p "$out"
+echo "== training throughput and m + r latency (cloud-expert bench)"
+"$bin/cloud-expert" bench
+"$bin/cloud-expert" legacy --out "$out/legacy.onnx" > /dev/null
+"$bin/cloud-expert" train --repo "$out/repo" --legacy "$out/legacy.onnx" --rejector-agreement --grid "1,0.25" --no-progress > /dev/null
+echo
+echo "== device decision latency (edge-client bench, digits bundle)"
+"$bin/edge-client" bench --bundle "$out/repo/digits/1"
+echo
+echo "== serving, digits expert (mlp:256,128)"
+"$bin/cloud-expert" bench-serve --repo "$out/repo"
+"$bin/cloud-expert" train --repo "$out/big" --legacy "$out/legacy.onnx" --expert-arch mlp:2048,2048 --epochs 2 --grid "1,0.25" --no-progress > /dev/null
+echo
+echo "== serving, compute-bound expert (mlp:2048,2048, 4.3 M parameters)"
+"$bin/cloud-expert" bench-serve --repo "$out/big"
+echo
+echo "== binary sizes (stripped)"
+for b in edge-client cloud-expert; do
+  strip -o "$out/$b.stripped" "$bin/$b"
+  echo "  $b: $(du -h "$out/$b.stripped" | cut -f1)"
+done

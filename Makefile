@@ -38,6 +38,7 @@ test: setup lint
 
 bench: setup
 	$(CARGO) build --release --bins
+	$(CARGO) build --profile edge -p edge-client
 	bash scripts/bench.sh "$(CURDIR)/bench-out"
 
 clean-venv:

@@ -23,7 +23,11 @@ echo "== serving, compute-bound expert (mlp:2048,2048, 4.3 M parameters)"
 "$bin/cloud-expert" bench-serve --repo "$out/big"
 echo
 echo "== binary sizes (stripped)"
-for b in edge-client cloud-expert; do
-  strip -o "$out/$b.stripped" "$bin/$b"
-  echo "  $b: $(du -h "$out/$b.stripped" | cut -f1)"
-done
+strip -o "$out/cloud-expert.stripped" "$bin/cloud-expert"
+echo "  cloud-expert (release, links libtorch dynamically): $(du -h "$out/cloud-expert.stripped" | cut -f1)"
+edge="$bin/../edge/edge-client"
+echo "  edge-client (profile edge: opt-level s, fat LTO, panic=abort, stripped): $(du -h "$edge" | cut -f1)"
+echo "  edge-client decision latency with the edge profile:"
+"$edge" bench --bundle "$out/repo/digits/1"
+/usr/bin/time -f "  edge-client peak RSS deciding the 1,797 digits: %M KiB" "$edge" decide --bundle "$out/repo/digits/1" > /dev/null 2> "$out/rss.txt" || true
+tail -1 "$out/rss.txt"

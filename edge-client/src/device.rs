@@ -59,16 +59,12 @@ pub async fn start(s: &Settings) -> Result<Arc<Edge>, String> {
         }
     }
     let edge = Arc::new(Edge::new(legacy, bundle, client, s.edge.clone()));
-    if edge_has_cloud(s) {
+    if s.cloud.is_some() {
         if let Err(e) = edge.sync_bundle(SYNC_DEADLINE).await {
             tracing::warn!(reason = %e, "bundle sync at start failed; keeping the installed bundle");
         }
     }
     Ok(edge)
-}
-
-fn edge_has_cloud(s: &Settings) -> bool {
-    s.cloud.is_some()
 }
 
 /// Re-syncs the bundle every `period` until the returned task is aborted.

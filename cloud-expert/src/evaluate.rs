@@ -25,12 +25,7 @@ pub fn run_eval(a: &EvalArgs) -> Result<Report, CloudError> {
         deployed_costs: meta.costs.key(),
         rejector_uses_legacy_probs: meta.uses_legacy_probs,
         n_test: test.len(),
-        results: Default::default(),
-        gap_closed: Default::default(),
-        auc: Default::default(),
-        curves: Default::default(),
-        training: Default::default(),
-        export_max_abs_diff: None,
+        ..Default::default()
     };
     let e_pred = stored.models.expert_predictions(&test.x);
     if let Some(path) = &a.predictions_out {

@@ -9,7 +9,7 @@ use std::fmt::Write;
 pub const METHODS: [&str; 6] = ["local", "expert", "random", "confidence", "oracle", "l2h"];
 
 /// The evaluation report of one repository version.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Report {
     /// Model name.
     pub model: String,

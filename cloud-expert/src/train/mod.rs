@@ -156,12 +156,7 @@ pub fn run(a: &TrainArgs) -> Result<TrainOutcome, CloudError> {
         deployed_costs: deployed.key(),
         rejector_uses_legacy_probs: a.rejector_legacy_probs || a.rejector_agreement,
         n_test: data.test.len(),
-        results: Default::default(),
-        gap_closed: Default::default(),
-        auc: Default::default(),
-        curves: Default::default(),
-        training: Default::default(),
-        export_max_abs_diff: None,
+        ..Default::default()
     };
     let mut deployed_pair = None;
     for costs in &grid {

@@ -49,6 +49,16 @@ pub fn run(name: &str, args: &[&str]) -> Output {
         .expect("spawn")
 }
 
+/// Starts a binary with its stdout piped (for tests that read its output while it runs).
+pub fn spawn_piped<S: AsRef<std::ffi::OsStr>>(name: &str, args: &[S]) -> std::process::Child {
+    Command::new(bin(name))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn")
+}
+
 /// Runs and asserts success, returning stdout.
 pub fn run_ok(name: &str, args: &[&str]) -> String {
     let out = run(name, args);

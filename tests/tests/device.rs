@@ -2,7 +2,7 @@
 
 use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use system_tests::*;
 
@@ -157,8 +157,9 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, serde_json::V
 fn the_local_http_endpoint_predicts_and_reports() {
     let (_, legacy, _, repo) = fixture();
     let cloud = CloudProcess::start(repo, "127.0.0.1:0", &[]);
-    let mut edge = Command::new(bin("edge-client"))
-        .args([
+    let mut edge = spawn_piped(
+        "edge-client",
+        &[
             "serve",
             "--cloud",
             &cloud.url(),
@@ -166,11 +167,8 @@ fn the_local_http_endpoint_predicts_and_reports() {
             legacy.to_str().unwrap(),
             "--listen",
             "127.0.0.1:0",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+    );
     let mut line = String::new();
     std::io::BufReader::new(edge.stdout.take().unwrap())
         .read_line(&mut line)

@@ -2,7 +2,6 @@
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use system_tests::*;
 
@@ -102,12 +101,7 @@ fn cloud_killed_mid_run_every_input_is_answered_and_offloading_resumes() {
             "200",
         ],
     );
-    let mut edge = Command::new(bin("edge-client"))
-        .args(&args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut edge = spawn_piped("edge-client", &args);
     let reader = std::io::BufReader::new(edge.stdout.take().unwrap());
     let mut lines = Vec::new();
     let mut restarted = None;
@@ -189,16 +183,7 @@ fn many_edge_clients_against_a_small_queue_get_pushback_not_hangs() {
         legacy,
         &["--deadline-ms", "1000", "--breaker-failures", "100000"],
     );
-    let children: Vec<_> = (0..6)
-        .map(|_| {
-            Command::new(bin("edge-client"))
-                .args(&args)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let children: Vec<_> = (0..6).map(|_| spawn_piped("edge-client", &args)).collect();
     let mut exhausted = 0;
     for c in children {
         let out = c.wait_with_output().unwrap();
@@ -244,12 +229,7 @@ fn sigterm_drains_and_exits_cleanly() {
             "digits:test",
         ],
     );
-    let mut edge = Command::new(bin("edge-client"))
-        .args(&args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut edge = spawn_piped("edge-client", &args);
     let mut reader = std::io::BufReader::new(edge.stdout.take().unwrap());
     let mut first = String::new();
     reader.read_line(&mut first).unwrap();

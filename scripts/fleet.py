@@ -18,12 +18,13 @@ env = {"RUST_LOG": "warn"}
 
 def start_cloud(addr):
     p = subprocess.Popen(
-        [bin_dir / "cloud-expert", "serve", "--repo", repo, "--addr", addr],
+        [bin_dir / "cloud-expert", "serve", "--repo", repo, "--addr", addr,
+         "--http-addr", "127.0.0.1:0"],
         stdout=subprocess.PIPE, text=True, env=env)
     line = p.stdout.readline().strip()
     if not line.startswith("ready on "):
         raise SystemExit(f"cloud did not start: {line!r}")
-    return p, line[len("ready on "):]
+    return p, line[len("ready on "):].split(" http ")[0]
 
 
 def pct(values, q):

@@ -74,27 +74,23 @@ where
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(crate::error::io_err(repo))?;
-    let cfg = ServeConfig {
-        repo: repo.to_path_buf(),
-        batch,
-        max_rows: 64,
-        max_message_bytes: 4 << 20,
-        grace: Duration::from_secs(1),
-    };
+    let mut cfg = ServeConfig::new(repo.to_path_buf(), batch);
+    cfg.grace = Duration::from_secs(1);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let server = tokio::spawn(serve::run_with_ready(
+    let server = tokio::spawn(serve::run(
         cfg,
         listener,
+        None,
         async move {
             let _ = stop_rx.await;
         },
         Some(ready_tx),
     ));
-    let addr = ready_rx
+    let ready = ready_rx
         .await
         .map_err(|_| CloudError::Config("server did not start".into()))?;
-    let out = f(format!("http://{addr}")).await;
+    let out = f(format!("http://{}", ready.grpc)).await;
     let _ = stop_tx.send(());
     let _ = server.await;
     out

@@ -13,6 +13,10 @@ pub struct Cli {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "CLOUD_EXPERT_LOG_JSON", global = true)]
     pub log_json: bool,
+    /// Export traces over OTLP/gRPC to this endpoint (e.g. http://127.0.0.1:4317); needs a
+    /// build with the `otlp` cargo feature.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -60,24 +64,33 @@ pub struct ServeArgs {
     /// Model repository root.
     #[arg(long, env = "OFFLOAD_REPO")]
     pub repo: PathBuf,
-    /// Address to listen on.
+    /// gRPC address (offload.v1, Open Inference Protocol v2, health, reflection).
     #[arg(long, env = "CLOUD_EXPERT_ADDR", default_value = "127.0.0.1:50051")]
     pub addr: std::net::SocketAddr,
+    /// HTTP address (v2 REST, repository admin API, /metrics); "off" disables it.
+    #[arg(long, env = "CLOUD_EXPERT_HTTP_ADDR", default_value = "127.0.0.1:8000")]
+    pub http_addr: String,
     /// Most rows run together in one forward pass (1 disables dynamic batching).
     #[arg(long, env = "CLOUD_EXPERT_MAX_BATCH", default_value_t = 64)]
     pub max_batch: usize,
     /// Longest a request waits for others to batch with, in microseconds.
     #[arg(long, env = "CLOUD_EXPERT_MAX_DELAY_US", default_value_t = 500)]
     pub max_delay_us: u64,
-    /// Requests that may wait per model; beyond it requests get RESOURCE_EXHAUSTED at once.
+    /// Requests that may wait per model version; beyond it: gRPC UNAVAILABLE / HTTP 503.
     #[arg(long, env = "CLOUD_EXPERT_QUEUE_DEPTH", default_value_t = 256)]
     pub queue_depth: usize,
-    /// Most rows (samples) in one request.
+    /// Most rows (samples) in one request; beyond it: INVALID_ARGUMENT / HTTP 422.
     #[arg(long, env = "CLOUD_EXPERT_MAX_ROWS", default_value_t = 64)]
     pub max_rows: usize,
-    /// Largest request message in bytes.
+    /// Largest request message in bytes; beyond it: gRPC OUT_OF_RANGE / HTTP 413.
     #[arg(long, env = "CLOUD_EXPERT_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
+    /// Requests per second each device may send (0: unlimited); beyond it: RESOURCE_EXHAUSTED / 429.
+    #[arg(long, env = "CLOUD_EXPERT_RATE_PER_DEVICE", default_value_t = 0.0)]
+    pub rate_per_device: f64,
+    /// Burst size of the per-device rate limit (default: one second's worth).
+    #[arg(long, env = "CLOUD_EXPERT_RATE_BURST")]
+    pub rate_burst: Option<f64>,
     /// Seconds in-flight requests may take after SIGINT/SIGTERM.
     #[arg(long, env = "CLOUD_EXPERT_GRACE_SECS", default_value_t = 10.0)]
     pub grace_secs: f64,
@@ -87,6 +100,33 @@ pub struct ServeArgs {
     /// Artificial delay per batch in milliseconds (fault testing only).
     #[arg(long, env = "CLOUD_EXPERT_EXPERT_DELAY_MS", default_value_t = 0)]
     pub expert_delay_ms: u64,
+    /// Versions served per model (older ones are retired once newer ones load).
+    #[arg(long, env = "CLOUD_EXPERT_KEEP_VERSIONS", default_value_t = 2)]
+    pub keep_versions: usize,
+    /// Re-read the repository every this many seconds (0: only at start and via the admin API).
+    #[arg(long, env = "CLOUD_EXPERT_POLL_SECS", default_value_t = 0.0)]
+    pub poll_secs: f64,
+    /// How devices authenticate: none, token (per-device bearer tokens) or cert (mTLS identity).
+    #[arg(long, env = "CLOUD_EXPERT_AUTH", value_enum, default_value = "none")]
+    pub auth: crate::serve::auth::AuthMode,
+    /// Credentials file (TOML): devices with tokens and allowed models, and admin tokens.
+    #[arg(long, env = "CLOUD_EXPERT_CREDENTIALS")]
+    pub credentials: Option<PathBuf>,
+    /// Admin token for the repository API (in addition to the credentials file's).
+    #[arg(long, env = "CLOUD_EXPERT_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Server certificate chain (PEM); with --tls-key enables TLS on both listeners.
+    #[arg(long, env = "CLOUD_EXPERT_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, env = "CLOUD_EXPERT_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA for client certificates (PEM): enables mutual TLS.
+    #[arg(long, env = "CLOUD_EXPERT_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// With --tls-client-ca: also accept clients without a certificate (token auth).
+    #[arg(long, env = "CLOUD_EXPERT_TLS_CLIENT_OPTIONAL")]
+    pub tls_client_optional: bool,
 }
 
 /// Which data and task.

@@ -33,31 +33,110 @@ pub fn init_telemetry(json: bool) {
     }
 }
 
-/// Validates the serve flags into a [`serve::ServeConfig`].
+/// Validates the serve flags into a [`serve::ServeConfig`] (reads the credentials file).
 pub fn serve_config(a: &config::ServeArgs) -> Result<serve::ServeConfig, CloudError> {
-    if a.max_batch == 0 || a.queue_depth == 0 || a.max_rows == 0 {
+    if a.max_batch == 0 || a.queue_depth == 0 || a.max_rows == 0 || a.max_message_bytes == 0 {
         return Err(CloudError::Config(
-            "--max-batch, --queue-depth and --max-rows must be positive".into(),
+            "--max-batch, --queue-depth, --max-rows and --max-message-bytes must be positive"
+                .into(),
         ));
     }
-    if !(a.grace_secs.is_finite() && a.grace_secs >= 0.0) {
+    let secs = |v: f64, flag: &str| {
+        if v.is_finite() && v >= 0.0 {
+            Ok(std::time::Duration::from_secs_f64(v))
+        } else {
+            Err(CloudError::Config(format!(
+                "{flag} must be a non-negative number"
+            )))
+        }
+    };
+    let grace = secs(a.grace_secs, "--grace-secs")?;
+    let poll = secs(a.poll_secs, "--poll-secs")?;
+    if !(a.rate_per_device.is_finite() && a.rate_per_device >= 0.0) {
         return Err(CloudError::Config(
-            "--grace-secs must be a non-negative number".into(),
+            "--rate-per-device must be a non-negative number".into(),
         ));
     }
-    Ok(serve::ServeConfig {
-        repo: a.repo.clone(),
-        batch: serve::batcher::BatchConfig {
+    let rate = (a.rate_per_device > 0.0).then(|| serve::limits::RateConfig {
+        per_second: a.rate_per_device,
+        burst: a.rate_burst.unwrap_or(a.rate_per_device).max(1.0),
+    });
+    let mut auth = serve::auth::Auth::load(a.auth, a.credentials.as_deref())
+        .map_err(|e| CloudError::Config(e.to_string()))?;
+    if let Some(t) = &a.admin_token {
+        auth.add_admin_token(t);
+    }
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(serve::tls::TlsSettings {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: a.tls_client_ca.clone(),
+            client_optional: a.tls_client_optional,
+        }),
+        (None, None) if a.tls_client_ca.is_none() => None,
+        _ => {
+            return Err(CloudError::Config(
+                "TLS needs both --tls-cert and --tls-key (and --tls-client-ca only with them)"
+                    .into(),
+            ))
+        }
+    };
+    if a.auth == serve::auth::AuthMode::Cert && tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
+        return Err(CloudError::Config(
+            "--auth cert needs mutual TLS: --tls-cert, --tls-key and --tls-client-ca".into(),
+        ));
+    }
+    let mut cfg = serve::ServeConfig::new(
+        a.repo.clone(),
+        serve::batcher::BatchConfig {
             max_batch: a.max_batch,
             max_delay: std::time::Duration::from_micros(a.max_delay_us),
             queue_depth: a.queue_depth,
             artificial_delay: std::time::Duration::from_millis(a.expert_delay_ms),
             torch_threads: a.torch_threads,
         },
-        max_rows: a.max_rows,
-        max_message_bytes: a.max_message_bytes,
-        grace: std::time::Duration::from_secs_f64(a.grace_secs),
-    })
+    );
+    cfg.max_rows = a.max_rows;
+    cfg.max_message_bytes = a.max_message_bytes;
+    cfg.grace = grace;
+    cfg.keep_versions = a.keep_versions.max(1);
+    cfg.poll = (!poll.is_zero()).then_some(poll);
+    cfg.rate = rate;
+    cfg.auth = auth;
+    cfg.tls = tls;
+    Ok(cfg)
+}
+
+/// Binds the serve listeners and runs the server until SIGINT/SIGTERM, printing
+/// `ready on GRPC_ADDR http HTTP_ADDR` once every model is warm.
+async fn serve_cmd(a: &config::ServeArgs, cfg: serve::ServeConfig) -> Result<(), CloudError> {
+    let bind = |addr: std::net::SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| CloudError::Config(format!("cannot listen on {addr}: {e}")))
+    };
+    let grpc = bind(a.addr).await?;
+    let http = match a.http_addr.as_str() {
+        "off" | "" => None,
+        s => Some(
+            bind(
+                s.parse()
+                    .map_err(|e| CloudError::Config(format!("--http-addr `{s}`: {e}")))?,
+            )
+            .await?,
+        ),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<serve::Ready>();
+    tokio::spawn(async move {
+        if let Ok(r) = rx.await {
+            // A line on stdout that scripts and tests wait for (no sleeping).
+            match r.http {
+                Some(h) => println!("ready on {} http {h}", r.grpc),
+                None => println!("ready on {}", r.grpc),
+            }
+        }
+    });
+    serve::run(cfg, grpc, http, serve::shutdown_signal(), Some(tx)).await
 }
 
 /// Runs one command and prints its result.
@@ -93,19 +172,7 @@ pub fn run(cli: Cli) -> Result<(), CloudError> {
         Command::Serve(a) => {
             let cfg = serve_config(&a)?;
             let rt = tokio::runtime::Runtime::new().map_err(error::io_err(&a.repo))?;
-            rt.block_on(async {
-                let listener = tokio::net::TcpListener::bind(a.addr)
-                    .await
-                    .map_err(|e| CloudError::Config(format!("cannot listen on {}: {e}", a.addr)))?;
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                tokio::spawn(async move {
-                    if let Ok(addr) = rx.await {
-                        // A line on stdout that scripts and tests wait for (no sleeping).
-                        println!("ready on {addr}");
-                    }
-                });
-                serve::run_with_ready(cfg, listener, serve::shutdown_signal(), Some(tx)).await
-            })?;
+            rt.block_on(serve_cmd(&a, cfg))?;
         }
     }
     Ok(())

@@ -42,13 +42,10 @@ fn repo() -> &'static Path {
 }
 
 fn config(batch: BatchConfig) -> ServeConfig {
-    ServeConfig {
-        repo: repo().to_path_buf(),
-        batch,
-        max_rows: 16,
-        max_message_bytes: 64 * 1024,
-        grace: Duration::from_secs(5),
-    }
+    let mut cfg = ServeConfig::new(repo().to_path_buf(), batch);
+    cfg.max_rows = 16;
+    cfg.max_message_bytes = 64 * 1024;
+    cfg
 }
 
 fn default_batch() -> BatchConfig {
@@ -74,9 +71,15 @@ impl Running {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve::run(cfg, listener, async move {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(serve::run(
+            cfg,
+            listener,
+            None,
+            async move {
+                let _ = rx.await;
+            },
+            None,
+        ));
         Self {
             addr,
             stop: Some(tx),
@@ -326,7 +329,7 @@ async fn concurrent_requests_run_in_shared_batches() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_queue_answers_resource_exhausted_and_late_requests_are_dropped() {
+async fn a_full_queue_answers_unavailable_and_late_requests_are_dropped() {
     let batch = BatchConfig {
         max_batch: 1,
         max_delay: Duration::ZERO,
@@ -349,7 +352,7 @@ async fn a_full_queue_answers_resource_exhausted_and_late_requests_are_dropped()
         codes.push(h.await.unwrap());
     }
     assert!(codes.iter().any(|c| c.is_ok()), "{codes:?}");
-    assert!(codes.contains(&Err(Code::ResourceExhausted)), "{codes:?}");
+    assert!(codes.contains(&Err(Code::Unavailable)), "{codes:?}");
     // A client deadline shorter than the expert's delay: answered with a deadline error, not a hang.
     let mut c = client.clone();
     let mut req = tonic::Request::new(request(&row, 1));

@@ -131,17 +131,24 @@ pub fn json(path: &Path) -> serde_json::Value {
 pub struct CloudProcess {
     /// The child process.
     child: std::process::Child,
-    /// Where it listens.
+    /// Where it listens for gRPC.
     pub addr: String,
+    /// Where it listens for HTTP (v2 REST, admin API, /metrics).
+    pub http: String,
 }
 
 impl CloudProcess {
-    /// Starts a server on `addr` (use `127.0.0.1:0` for an ephemeral port) and waits for its
-    /// "ready on ADDR" line, i.e. until every model is warm.
+    /// Starts a server with gRPC on `addr` (use `127.0.0.1:0` for an ephemeral port) and HTTP
+    /// on an ephemeral loopback port (unless `extra` sets `--http-addr`), and waits for its
+    /// "ready on ADDR http ADDR" line, i.e. until every model is warm.
     pub fn start(repo: &Path, addr: &str, extra: &[&str]) -> Self {
         use std::io::BufRead;
-        let mut child = Command::new(bin("cloud-expert"))
-            .args(["serve", "--repo", repo.to_str().unwrap(), "--addr", addr])
+        let mut cmd = Command::new(bin("cloud-expert"));
+        cmd.args(["serve", "--repo", repo.to_str().unwrap(), "--addr", addr]);
+        if !extra.iter().any(|a| a.starts_with("--http-addr")) {
+            cmd.args(["--http-addr", "127.0.0.1:0"]);
+        }
+        let mut child = cmd
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::piped())
@@ -152,17 +159,31 @@ impl CloudProcess {
         std::io::BufReader::new(stdout)
             .read_line(&mut line)
             .unwrap();
-        let addr = line
+        let rest = line
             .trim()
             .strip_prefix("ready on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Self { child, addr }
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let (addr, http) = rest.split_once(" http ").unwrap_or((rest, ""));
+        Self {
+            child,
+            addr: addr.to_string(),
+            http: http.to_string(),
+        }
     }
 
     /// The URL edge clients use.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The base URL of the HTTP listener.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends SIGTERM (what Kubernetes sends) and waits for the exit status.

@@ -195,7 +195,7 @@ fn many_edge_clients_against_a_small_queue_get_pushback_not_hangs() {
             .filter(|l| {
                 l["fallback_reason"]
                     .as_str()
-                    .is_some_and(|r| r.contains("ResourceExhausted"))
+                    .is_some_and(|r| r.contains("Unavailable"))
             })
             .count();
     }

@@ -7,9 +7,20 @@
 //! oneshot channel. Model compute therefore never runs on the async runtime.
 
 use crate::stored::LoadedExpert;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
+
+/// Observers of executed batches (the metrics' histograms for this model).
+#[derive(Debug, Clone)]
+pub struct BatchObserver {
+    /// Rows per forward pass.
+    pub rows: prometheus::Histogram,
+    /// Requests per forward pass.
+    pub requests: prometheus::Histogram,
+}
 
 /// Batching limits.
 #[derive(Debug, Clone, Copy)]
@@ -83,26 +94,44 @@ pub enum SubmitError {
 pub struct BatchQueue {
     /// Bounded sender into the worker.
     tx: SyncSender<Job>,
+    /// Jobs queued and not yet taken by the worker.
+    depth: Arc<AtomicUsize>,
 }
 
 impl BatchQueue {
     /// Queues a job without waiting.
     pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
-        self.tx.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => SubmitError::Full,
-            TrySendError::Disconnected(_) => SubmitError::Closed,
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        self.tx.try_send(job).map_err(|e| {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            match e {
+                TrySendError::Full(_) => SubmitError::Full,
+                TrySendError::Disconnected(_) => SubmitError::Closed,
+            }
         })
+    }
+
+    /// Jobs waiting for the worker right now.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
     }
 }
 
 /// Starts the worker thread; `load` runs on it (tch models stay on the thread that made them).
 /// Returns once the model is loaded and warmed up, or with the load error.
-pub fn spawn<F>(name: &str, cfg: BatchConfig, load: F) -> Result<BatchQueue, String>
+pub fn spawn<F>(
+    name: &str,
+    cfg: BatchConfig,
+    observer: Option<BatchObserver>,
+    load: F,
+) -> Result<BatchQueue, String>
 where
     F: FnOnce() -> Result<LoadedExpert, String> + Send + 'static,
 {
     let (tx, rx) = sync_channel::<Job>(cfg.queue_depth.max(1));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let depth = Arc::new(AtomicUsize::new(0));
+    let worker_depth = depth.clone();
     std::thread::Builder::new()
         .name(format!("expert-{name}"))
         .spawn(move || {
@@ -114,7 +143,7 @@ where
                     let warm = vec![0.0; expert.feature_len()];
                     let ok = expert.probs(&warm, 1).map(|_| ());
                     let _ = ready_tx.send(ok);
-                    worker_loop(&expert, &rx, cfg);
+                    worker_loop(&expert, &rx, cfg, &worker_depth, observer.as_ref());
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -125,7 +154,7 @@ where
     ready_rx
         .recv()
         .map_err(|_| "worker thread died while loading".to_string())??;
-    Ok(BatchQueue { tx })
+    Ok(BatchQueue { tx, depth })
 }
 
 /// Adaptive gathering: everything already queued is always taken (up to `max_batch` rows); the
@@ -133,19 +162,29 @@ where
 /// previous one had. Under steady concurrency the previous batch size predicts how many requests
 /// are about to arrive; a lone client (previous batch of one) never waits, so batching adds no
 /// latency at concurrency 1.
-fn worker_loop(expert: &LoadedExpert, rx: &Receiver<Job>, cfg: BatchConfig) {
+fn worker_loop(
+    expert: &LoadedExpert,
+    rx: &Receiver<Job>,
+    cfg: BatchConfig,
+    depth: &AtomicUsize,
+    observer: Option<&BatchObserver>,
+) {
     let mut expected = 1usize;
-    while let Ok(first) = rx.recv() {
+    let take = |job: Job| {
+        depth.fetch_sub(1, Ordering::Relaxed);
+        job
+    };
+    while let Ok(first) = rx.recv().map(take) {
         let started = Instant::now();
         let mut batch = vec![first];
         let mut rows = batch[0].rows;
         while rows < cfg.max_batch {
             let next = match rx.try_recv() {
-                Ok(job) => Some(job),
+                Ok(job) => Some(take(job)),
                 Err(_) if batch.len() >= expected => None,
                 Err(_) => {
                     let left = cfg.max_delay.saturating_sub(started.elapsed());
-                    rx.recv_timeout(left).ok()
+                    rx.recv_timeout(left).ok().map(take)
                 }
             };
             match next {
@@ -166,6 +205,11 @@ fn worker_loop(expert: &LoadedExpert, rx: &Receiver<Job>, cfg: BatchConfig) {
         }
         if live.is_empty() {
             continue;
+        }
+        if let Some(o) = observer {
+            o.rows
+                .observe(live.iter().map(|j| j.rows).sum::<usize>() as f64);
+            o.requests.observe(live.len() as f64);
         }
         run_batch(expert, live, cfg);
     }

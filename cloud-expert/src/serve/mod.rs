@@ -1,20 +1,37 @@
-//! `cloud-expert serve`: loads every model of a repository, warms each up, reports SERVING on
-//! `grpc.health.v1`, and serves `offload.v1.Expert` and `offload.v1.ModelSync` (plus server
-//! reflection) until the shutdown future resolves; then health goes NOT_SERVING, no new
-//! connections are accepted, and in-flight requests get `grace` to finish.
+//! `cloud-expert serve`: loads the newest versions of every model in a repository, warms each
+//! up, and serves them until the shutdown future resolves:
+//! - gRPC (one port): `offload.v1` Expert / ModelSync / Telemetry, Open Inference Protocol v2
+//!   `inference.GRPCInferenceService`, `grpc.health.v1` and reflection;
+//! - HTTP (another port, optional): v2 REST, the repository admin API and `/metrics`.
+//!
+//! On shutdown, readiness and health go NOT_SERVING, no new connections are accepted, and
+//! in-flight requests get `grace` to finish. With `poll` set, the repository is re-read
+//! periodically (see [`registry`] for the reload invariants).
 
+pub mod auth;
 pub mod batcher;
+pub mod error;
+pub mod grpc_offload;
+pub mod grpc_oip;
+pub mod http;
+pub mod limits;
+pub mod metrics;
+pub mod oip;
 pub mod registry;
-pub mod service;
+pub mod state;
+pub mod tls;
 
 use crate::error::CloudError;
 use batcher::BatchConfig;
-use offload_proto::v1 as pb;
+use offload_proto::{inference as oip_pb, v1 as pb};
 use registry::Registry;
+use state::{Call, ServerState};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Validated serving configuration.
 #[derive(Debug, Clone)]
@@ -25,89 +42,271 @@ pub struct ServeConfig {
     pub batch: BatchConfig,
     /// Most rows per request.
     pub max_rows: usize,
-    /// Largest accepted request message in bytes.
+    /// Largest accepted request message (gRPC) or body (HTTP) in bytes.
     pub max_message_bytes: usize,
     /// How long in-flight requests may take after shutdown begins.
     pub grace: Duration,
+    /// Versions served per model.
+    pub keep_versions: usize,
+    /// Repository polling period (None: only at start and through the admin API).
+    pub poll: Option<Duration>,
+    /// Per-device request rate limit.
+    pub rate: Option<limits::RateConfig>,
+    /// Authentication and authorisation.
+    pub auth: auth::Auth,
+    /// TLS (both listeners) when set.
+    pub tls: Option<tls::TlsSettings>,
 }
 
-/// Serves until `shutdown` resolves. The listener is bound by the caller (port 0 in tests), so
-/// clients may connect at once: their calls wait in the accept backlog until the models are warm.
+impl ServeConfig {
+    /// Defaults for everything but the repository and batching: 64 rows, 4 MiB messages,
+    /// 5 s grace, 2 versions, no polling, no rate limit, no authentication, no TLS.
+    pub fn new(repo: PathBuf, batch: BatchConfig) -> Self {
+        Self {
+            repo,
+            batch,
+            max_rows: 64,
+            max_message_bytes: 4 << 20,
+            grace: Duration::from_secs(5),
+            keep_versions: 2,
+            poll: None,
+            rate: None,
+            auth: auth::Auth::open(&[]),
+            tls: None,
+        }
+    }
+}
+
+/// Where the server listens, sent once every model is warm.
+#[derive(Debug, Clone, Copy)]
+pub struct Ready {
+    /// gRPC address.
+    pub grpc: SocketAddr,
+    /// HTTP address, if serving HTTP.
+    pub http: Option<SocketAddr>,
+}
+
+/// Builds a [`Call`] from a gRPC request's metadata and TLS peer.
+pub(crate) fn grpc_call<T>(
+    req: &tonic::Request<T>,
+    protocol: &'static str,
+    method: &'static str,
+) -> Call {
+    let mut c = Call::new(protocol, method);
+    c.deadline = grpc_timeout(req).map(|t| c.started + t);
+    c.authorization = req
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    c.cert_identity = req
+        .peer_certs()
+        .and_then(|certs| certs.first().and_then(|c| auth::common_name(c)));
+    c
+}
+
+/// Reads the client's `grpc-timeout` header (e.g. `100m`, `5S`) as a duration.
+fn grpc_timeout<T>(req: &tonic::Request<T>) -> Option<Duration> {
+    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Serves until `shutdown` resolves. The listeners are bound by the caller (port 0 in tests),
+/// so clients may connect at once: their calls wait in the accept backlog until the models are
+/// warm. `ready` receives the addresses once every model is warm and health reports SERVING.
 pub async fn run(
     cfg: ServeConfig,
-    listener: tokio::net::TcpListener,
+    grpc: tokio::net::TcpListener,
+    http: Option<tokio::net::TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: Option<tokio::sync::oneshot::Sender<Ready>>,
 ) -> Result<(), CloudError> {
-    run_with_ready(cfg, listener, shutdown, None).await
-}
-
-/// [`run`], additionally sending the bound address on `ready` once every model is warm and
-/// health reports SERVING.
-pub async fn run_with_ready(
-    cfg: ServeConfig,
-    listener: tokio::net::TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    ready: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
-) -> Result<(), CloudError> {
-    let repo = cfg.repo.clone();
-    let batch = cfg.batch;
-    let registry = tokio::task::spawn_blocking(move || Registry::load(&repo, batch))
+    let metrics = metrics::Metrics::new();
+    let (repo, batch, keep, m) = (
+        cfg.repo.clone(),
+        cfg.batch,
+        cfg.keep_versions,
+        metrics.clone(),
+    );
+    let registry = tokio::task::spawn_blocking(move || Registry::open(&repo, batch, keep, m))
         .await
         .map_err(|e| CloudError::Config(format!("loading task failed: {e}")))??;
-    let registry = Arc::new(registry);
+    let state = Arc::new(ServerState {
+        registry: Arc::new(registry),
+        metrics,
+        auth: cfg.auth.clone(),
+        rate: cfg.rate.map(|r| limits::RateLimiter::new(r, 100_000)),
+        max_rows: cfg.max_rows,
+        max_message_bytes: cfg.max_message_bytes,
+        ready: Default::default(),
+    });
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(oip_pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| CloudError::Config(format!("reflection: {e}")))?;
-    let expert = pb::expert_server::ExpertServer::new(service::ExpertService {
-        registry: registry.clone(),
-        max_rows: cfg.max_rows,
+    let limit = cfg.max_message_bytes;
+    let expert = pb::expert_server::ExpertServer::new(grpc_offload::ExpertService {
+        state: state.clone(),
     })
-    .max_decoding_message_size(cfg.max_message_bytes);
-    let sync = pb::model_sync_server::ModelSyncServer::new(service::SyncService {
-        registry: registry.clone(),
-    });
-    reporter
-        .set_serving::<pb::expert_server::ExpertServer<service::ExpertService>>()
-        .await;
-    reporter
-        .set_serving::<pb::model_sync_server::ModelSyncServer<service::SyncService>>()
-        .await;
+    .max_decoding_message_size(limit);
+    let sync = pb::model_sync_server::ModelSyncServer::new(grpc_offload::SyncService {
+        state: state.clone(),
+    })
+    .max_decoding_message_size(limit);
+    let telemetry = pb::telemetry_server::TelemetryServer::new(grpc_offload::TelemetryService {
+        state: state.clone(),
+    })
+    .max_decoding_message_size(limit);
+    let oip = oip_pb::grpc_inference_service_server::GrpcInferenceServiceServer::new(
+        grpc_oip::OipService {
+            state: state.clone(),
+        },
+    )
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(usize::MAX);
     reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
-    tracing::info!(addr = ?listener.local_addr().ok(), models = registry.models.len(), "serving");
-    if let (Some(tx), Ok(addr)) = (ready, listener.local_addr()) {
-        let _ = tx.send(addr);
+    for name in [
+        "offload.v1.Expert",
+        "offload.v1.ModelSync",
+        "offload.v1.Telemetry",
+        "inference.GRPCInferenceService",
+    ] {
+        reporter
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
     }
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    state.ready.store(true, Ordering::Release);
+    let grpc_addr = grpc
+        .local_addr()
+        .map_err(|e| CloudError::Config(format!("listener: {e}")))?;
+    let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+    tracing::info!(grpc = %grpc_addr, http = ?http_addr, tls = cfg.tls.is_some(), auth = ?cfg.auth.mode(), models = state.registry.snapshot().len(), "serving");
+
+    // One stop signal fans out to both front ends and the poller.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    if let Some(period) = cfg.poll {
+        tokio::spawn(poll_repository(state.clone(), period, stopped()));
+    }
+    let http_task = match http {
+        Some(listener) => {
+            let app = http::app(state.clone());
+            let stop = stopped();
+            Some(match &cfg.tls {
+                Some(t) => {
+                    let tls = t.http().map_err(|e| CloudError::Config(e.to_string()))?;
+                    tokio::spawn(tls::serve_https(listener, app, tls, stop))
+                }
+                None => tokio::spawn(async move {
+                    use axum::serve::ListenerExt;
+                    let listener = listener.tap_io(|tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    });
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(stop)
+                        .await;
+                }),
+            })
+        }
+        None => None,
+    };
+    if let Some(tx) = ready {
+        let _ = tx.send(Ready {
+            grpc: grpc_addr,
+            http: http_addr,
+        });
+    }
     let signal = {
         let reporter = reporter.clone();
+        let state = state.clone();
         async move {
             shutdown.await;
             tracing::info!("shutting down: NOT_SERVING, draining in-flight requests");
+            state.ready.store(false, Ordering::Release);
             reporter
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
             reporter
-                .set_not_serving::<pb::expert_server::ExpertServer<service::ExpertService>>()
+                .set_service_status("offload.v1.Expert", tonic_health::ServingStatus::NotServing)
                 .await;
-            let _ = stopping_tx.send(());
+            let _ = stop_tx.send(true);
         }
     };
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(t) = &cfg.tls {
+        builder = builder
+            .tls_config(t.grpc().map_err(|e| CloudError::Config(e.to_string()))?)
+            .map_err(|e| CloudError::Config(format!("grpc tls: {e}")))?;
+    }
+    let server = builder
         .add_service(health)
         .add_service(reflection)
         .add_service(expert)
         .add_service(sync)
-        .serve_with_incoming_shutdown(incoming(listener), signal);
+        .add_service(telemetry)
+        .add_service(oip)
+        .serve_with_incoming_shutdown(incoming(grpc), signal);
     let grace = cfg.grace;
-    tokio::select! {
+    let grace_over = {
+        let stop = stopped();
+        async move {
+            stop.await;
+            tokio::time::sleep(grace).await;
+        }
+    };
+    let result = tokio::select! {
         r = server => r.map_err(|e| CloudError::Config(format!("server: {e}"))),
-        _ = async move { if stopping_rx.await.is_ok() { tokio::time::sleep(grace).await } else { std::future::pending::<()>().await } } => {
+        _ = grace_over => {
             tracing::warn!(?grace, "grace period over; abandoning remaining requests");
             Ok(())
+        }
+    };
+    if let Some(t) = http_task {
+        let _ = tokio::time::timeout(grace, t).await;
+    }
+    result
+}
+
+/// Re-reads the repository every `period` (on a blocking thread) until `stop` resolves.
+async fn poll_repository(
+    state: Arc<ServerState>,
+    period: Duration,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = &mut stop => return,
+        }
+        let registry = state.registry.clone();
+        let t0 = Instant::now();
+        match tokio::task::spawn_blocking(move || registry.reload_all()).await {
+            Ok(Ok(r)) if r != Default::default() => {
+                tracing::info!(loaded = ?r.loaded, retired = ?r.retired, failed = ?r.failed, ms = t0.elapsed().as_millis() as u64, "repository reloaded")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "repository poll failed"),
+            Err(e) => tracing::error!(error = %e, "repository poll task failed"),
         }
     }
 }

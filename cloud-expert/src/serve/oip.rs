@@ -1,0 +1,369 @@
+//! Open Inference Protocol v2 at the boundary: decodes v2 requests (gRPC messages and REST JSON,
+//! including Triton's binary tensor extension) into validated domain batches, and builds v2
+//! responses from expert outputs. Pure functions, so they are property-tested and fuzzed without
+//! a server.
+//!
+//! Every expert has one input and two outputs:
+//! - `input`: FP32 (or FP64, UINT8, INT32, INT64), shape `[-1, ...input_shape]`;
+//! - `probabilities`: FP32 `[-1, num_classes]`; `label`: INT64 `[-1]` (argmax).
+
+use offload_proto::inference as pb;
+use offload_shared::wire::{
+    check_finite, check_shape, decode_raw, ElemType, InputBatch, WireError,
+};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// Name of every expert's input tensor.
+pub const INPUT: &str = "input";
+/// Output holding class probabilities.
+pub const PROBS: &str = "probabilities";
+/// Output holding argmax labels.
+pub const LABEL: &str = "label";
+
+/// One computed answer, ready to encode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outputs {
+    /// Rows in the batch.
+    pub rows: usize,
+    /// Classes per row.
+    pub num_classes: usize,
+    /// `rows * num_classes` probabilities.
+    pub probs: Vec<f32>,
+}
+
+impl Outputs {
+    fn labels(&self) -> Vec<i64> {
+        self.probs
+            .chunks(self.num_classes.max(1))
+            .map(|r| offload_shared::legacy::argmax(r) as i64)
+            .collect()
+    }
+}
+
+/// Which outputs a request wants, in order; all by default.
+fn select_outputs<'a>(
+    names: impl Iterator<Item = &'a str>,
+) -> Result<Vec<&'static str>, WireError> {
+    let mut out = Vec::new();
+    for (i, n) in names.enumerate() {
+        match n {
+            PROBS => out.push(PROBS),
+            LABEL => out.push(LABEL),
+            other => {
+                return Err(WireError::Shape {
+                    field: format!("outputs[{i}].name"),
+                    reason: format!("unknown output `{other}` (use `{PROBS}` or `{LABEL}`)"),
+                })
+            }
+        }
+    }
+    if out.is_empty() {
+        out = vec![PROBS, LABEL];
+    }
+    Ok(out)
+}
+
+fn check_single_input(n: usize, name: &str) -> Result<(), WireError> {
+    if n != 1 {
+        return Err(WireError::Shape {
+            field: "inputs".into(),
+            reason: format!("{n} input tensors; the model takes exactly one, `{INPUT}`"),
+        });
+    }
+    if name != INPUT {
+        return Err(WireError::Shape {
+            field: "inputs[0].name".into(),
+            reason: format!("unknown input `{name}`; the model's input is `{INPUT}`"),
+        });
+    }
+    Ok(())
+}
+
+/// Decodes a gRPC `ModelInferRequest`'s input for a model taking `feature_len` values per row.
+pub fn grpc_input(
+    req: &pb::ModelInferRequest,
+    feature_len: usize,
+    max_rows: usize,
+) -> Result<InputBatch, WireError> {
+    let first = req.inputs.first();
+    check_single_input(req.inputs.len(), first.map_or("", |t| t.name.as_str()))?;
+    let t = first.ok_or_else(|| WireError::Missing("inputs".into()))?;
+    let dtype = ElemType::from_oip(&t.datatype, "inputs[0].datatype")?;
+    let rows = check_shape(&t.shape, feature_len, max_rows, "inputs[0].shape")?;
+    let count = rows * feature_len;
+    if let Some(raw) = req.raw_input_contents.first() {
+        if req.raw_input_contents.len() != 1 {
+            return Err(WireError::Shape {
+                field: "raw_input_contents".into(),
+                reason: format!("{} entries for 1 input", req.raw_input_contents.len()),
+            });
+        }
+        let values = decode_raw(dtype, &t.shape, raw, count, "raw_input_contents[0]")?;
+        return Ok(InputBatch { rows, values });
+    }
+    let c = t
+        .contents
+        .as_ref()
+        .ok_or_else(|| WireError::Missing("raw_input_contents or inputs[0].contents".into()))?;
+    let values: Vec<f32> = match dtype {
+        ElemType::F32 => c.fp32_contents.clone(),
+        ElemType::F64 => c.fp64_contents.iter().map(|&v| v as f32).collect(),
+        ElemType::I32 => c.int_contents.iter().map(|&v| v as f32).collect(),
+        ElemType::I64 => c.int64_contents.iter().map(|&v| v as f32).collect(),
+        ElemType::U8 => c.uint_contents.iter().map(|&v| v as f32).collect(),
+    };
+    check_count(&t.shape, dtype, values.len(), count, "inputs[0].contents")?;
+    check_finite(&values, "inputs[0].contents")?;
+    Ok(InputBatch { rows, values })
+}
+
+fn check_count(
+    shape: &[i64],
+    dtype: ElemType,
+    got: usize,
+    expected: usize,
+    field: &str,
+) -> Result<(), WireError> {
+    if got != expected {
+        return Err(WireError::ByteLength {
+            field: field.into(),
+            shape: shape.to_vec(),
+            dtype: dtype.oip_name(),
+            expected,
+            got,
+            unit: "elements",
+        });
+    }
+    Ok(())
+}
+
+/// Builds the gRPC response; outputs travel in `raw_output_contents` (what tritonclient reads).
+pub fn grpc_response(
+    req: &pb::ModelInferRequest,
+    model: &str,
+    version: &str,
+    out: &Outputs,
+) -> Result<pb::ModelInferResponse, WireError> {
+    let wanted = select_outputs(req.outputs.iter().map(|o| o.name.as_str()))?;
+    let mut resp = pb::ModelInferResponse {
+        model_name: model.into(),
+        model_version: version.into(),
+        id: req.id.clone(),
+        ..Default::default()
+    };
+    for name in wanted {
+        let (datatype, shape, raw) = encode_output(name, out);
+        resp.outputs
+            .push(pb::model_infer_response::InferOutputTensor {
+                name: name.into(),
+                datatype: datatype.into(),
+                shape,
+                ..Default::default()
+            });
+        resp.raw_output_contents.push(raw);
+    }
+    Ok(resp)
+}
+
+fn encode_output(name: &str, out: &Outputs) -> (&'static str, Vec<i64>, Vec<u8>) {
+    if name == LABEL {
+        let raw = out.labels().iter().flat_map(|v| v.to_le_bytes()).collect();
+        ("INT64", vec![out.rows as i64], raw)
+    } else {
+        let raw = out.probs.iter().flat_map(|v| v.to_le_bytes()).collect();
+        ("FP32", vec![out.rows as i64, out.num_classes as i64], raw)
+    }
+}
+
+/// A REST inference request (the JSON part, when the binary extension is used).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RestRequest {
+    /// Echoed request id.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Request parameters (`binary_data_output`).
+    #[serde(default)]
+    pub parameters: Option<Map<String, Value>>,
+    /// Input tensors.
+    pub inputs: Vec<RestTensor>,
+    /// Requested outputs.
+    #[serde(default)]
+    pub outputs: Option<Vec<RestOutput>>,
+}
+
+/// A REST input tensor.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RestTensor {
+    /// Name.
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<i64>,
+    /// Datatype.
+    pub datatype: String,
+    /// Values as (possibly nested) JSON arrays; absent when sent as binary.
+    #[serde(default)]
+    pub data: Option<Value>,
+    /// Parameters (`binary_data_size`).
+    #[serde(default)]
+    pub parameters: Option<Map<String, Value>>,
+}
+
+/// A requested REST output.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RestOutput {
+    /// Output name.
+    pub name: String,
+    /// Parameters (`binary_data`).
+    #[serde(default)]
+    pub parameters: Option<Map<String, Value>>,
+}
+
+/// Splits a REST body into its JSON header and binary tail (Triton's binary extension: the
+/// header length comes from `Inference-Header-Content-Length`).
+pub fn split_body(body: &[u8], header_len: Option<usize>) -> Result<(&[u8], &[u8]), WireError> {
+    match header_len {
+        None => Ok((body, &[])),
+        Some(n) if n <= body.len() => Ok(body.split_at(n)),
+        Some(n) => Err(WireError::Shape {
+            field: "Inference-Header-Content-Length".into(),
+            reason: format!("{n} exceeds the body length {}", body.len()),
+        }),
+    }
+}
+
+/// Decodes a REST request's input from its JSON `data` or its binary tail.
+pub fn rest_input(
+    req: &RestRequest,
+    tail: &[u8],
+    feature_len: usize,
+    max_rows: usize,
+) -> Result<InputBatch, WireError> {
+    let first = req.inputs.first();
+    check_single_input(req.inputs.len(), first.map_or("", |t| t.name.as_str()))?;
+    let t = first.ok_or_else(|| WireError::Missing("inputs".into()))?;
+    let dtype = ElemType::from_oip(&t.datatype, "inputs[0].datatype")?;
+    let rows = check_shape(&t.shape, feature_len, max_rows, "inputs[0].shape")?;
+    let count = rows * feature_len;
+    let binary = t
+        .parameters
+        .as_ref()
+        .and_then(|p| p.get("binary_data_size"))
+        .map(|v| {
+            v.as_u64().ok_or_else(|| WireError::Shape {
+                field: "inputs[0].parameters.binary_data_size".into(),
+                reason: format!("{v} is not a non-negative integer"),
+            })
+        })
+        .transpose()?;
+    if let Some(size) = binary {
+        if size as usize != tail.len() {
+            return Err(WireError::ByteLength {
+                field: "inputs[0].parameters.binary_data_size".into(),
+                shape: t.shape.clone(),
+                dtype: dtype.oip_name(),
+                expected: size as usize,
+                got: tail.len(),
+                unit: "bytes of binary data after the JSON header",
+            });
+        }
+        let values = decode_raw(dtype, &t.shape, tail, count, "binary input data")?;
+        return Ok(InputBatch { rows, values });
+    }
+    let data = t
+        .data
+        .as_ref()
+        .ok_or_else(|| WireError::Missing("inputs[0].data".into()))?;
+    let mut values = Vec::with_capacity(count);
+    flatten(data, &mut values, 0)?;
+    check_count(&t.shape, dtype, values.len(), count, "inputs[0].data")?;
+    check_finite(&values, "inputs[0].data")?;
+    Ok(InputBatch { rows, values })
+}
+
+/// Flattens nested JSON arrays of numbers (row-major) into `out`.
+fn flatten(v: &Value, out: &mut Vec<f32>, depth: usize) -> Result<(), WireError> {
+    const MAX_DEPTH: usize = 32;
+    match v {
+        Value::Number(n) => {
+            out.push(n.as_f64().unwrap_or(f64::NAN) as f32);
+            Ok(())
+        }
+        Value::Array(items) if depth < MAX_DEPTH => {
+            items.iter().try_for_each(|i| flatten(i, out, depth + 1))
+        }
+        other => Err(WireError::Shape {
+            field: "inputs[0].data".into(),
+            reason: format!(
+                "expected numbers in (nested) arrays, found {}",
+                match other {
+                    Value::Array(_) => "arrays nested too deeply",
+                    Value::String(_) => "a string",
+                    Value::Bool(_) => "a boolean",
+                    Value::Null => "null",
+                    _ => "an object",
+                }
+            ),
+        }),
+    }
+}
+
+/// A REST response: the JSON document and, with the binary extension, the bytes that follow it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestResponse {
+    /// JSON part.
+    pub json: Value,
+    /// Binary tail (empty when every output is in JSON).
+    pub binary: Vec<u8>,
+}
+
+/// Builds a REST response: outputs as JSON `data`, or as binary where requested.
+pub fn rest_response(
+    req: &RestRequest,
+    model: &str,
+    version: &str,
+    out: &Outputs,
+) -> Result<RestResponse, WireError> {
+    let flag = |p: &Option<Map<String, Value>>, key: &str| {
+        p.as_ref()
+            .and_then(|m| m.get(key))
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    };
+    let all_binary = flag(&req.parameters, "binary_data_output");
+    let requested: Vec<(&str, bool)> = match &req.outputs {
+        Some(o) if !o.is_empty() => o
+            .iter()
+            .map(|o| {
+                (
+                    o.name.as_str(),
+                    flag(&o.parameters, "binary_data") || all_binary,
+                )
+            })
+            .collect(),
+        _ => vec![(PROBS, all_binary), (LABEL, all_binary)],
+    };
+    let names = select_outputs(requested.iter().map(|(n, _)| *n))?;
+    let mut outputs = Vec::new();
+    let mut binary = Vec::new();
+    for (name, (_, as_binary)) in names.iter().zip(&requested) {
+        let (datatype, shape, raw) = encode_output(name, out);
+        let mut o = serde_json::json!({ "name": name, "datatype": datatype, "shape": shape });
+        if *as_binary {
+            o["parameters"] = serde_json::json!({ "binary_data_size": raw.len() });
+            binary.extend_from_slice(&raw);
+        } else if *name == LABEL {
+            o["data"] = serde_json::json!(out.labels());
+        } else {
+            o["data"] = serde_json::json!(out.probs);
+        }
+        outputs.push(o);
+    }
+    let mut json = serde_json::json!({
+        "model_name": model, "model_version": version, "outputs": outputs,
+    });
+    if let Some(id) = &req.id {
+        json["id"] = Value::String(id.clone());
+    }
+    Ok(RestResponse { json, binary })
+}

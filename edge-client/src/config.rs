@@ -60,6 +60,21 @@ pub struct DeviceArgs {
     /// Seconds between bundle syncs with the cloud [default: 30; 0 disables].
     #[arg(long, env = "EDGE_SYNC_INTERVAL_SECS")]
     pub sync_interval_secs: Option<u64>,
+    /// Seconds between telemetry reports to the cloud [default: 10; 0 disables].
+    #[arg(long, env = "EDGE_TELEMETRY_INTERVAL_SECS")]
+    pub telemetry_interval_secs: Option<u64>,
+    /// Bearer token identifying this device to the cloud.
+    #[arg(long, env = "EDGE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// CA certificate (PEM) that signed the cloud's certificate; enables TLS.
+    #[arg(long, env = "EDGE_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// This device's client certificate (PEM), for mutual TLS.
+    #[arg(long, env = "EDGE_CLIENT_CERT")]
+    pub client_cert: Option<PathBuf>,
+    /// This device's client key (PEM), for mutual TLS.
+    #[arg(long, env = "EDGE_CLIENT_KEY")]
+    pub client_key: Option<PathBuf>,
 }
 
 macro_rules! merge_fields {
@@ -88,7 +103,12 @@ impl DeviceArgs {
             budget_window_ms,
             breaker_failures,
             breaker_backoff_ms,
-            sync_interval_secs
+            sync_interval_secs,
+            telemetry_interval_secs,
+            token,
+            ca_cert,
+            client_cert,
+            client_key
         )
     }
 
@@ -119,7 +139,21 @@ impl DeviceArgs {
             return Err("ce and ce-per-ms must be finite and non-negative".into());
         }
         let model = self.model.clone().unwrap_or_else(|| "digits".into());
+        let tls = match (&self.ca_cert, &self.client_cert, &self.client_key) {
+            (None, None, None) => None,
+            (Some(ca), cert, key) if cert.is_some() == key.is_some() => Some(ClientTls {
+                ca: ca.clone(),
+                identity: cert.clone().zip(key.clone()),
+            }),
+            (None, _, _) => return Err("--client-cert/--client-key need --ca-cert".into()),
+            _ => return Err("give both --client-cert and --client-key, or neither".into()),
+        };
         Ok(Settings {
+            security: Security {
+                token: self.token.clone(),
+                tls,
+            },
+            telemetry_interval: Duration::from_secs(self.telemetry_interval_secs.unwrap_or(10)),
             cloud: self.cloud.clone(),
             device_id: self.device_id.clone().unwrap_or_else(|| "edge".into()),
             legacy,
@@ -156,8 +190,30 @@ pub struct Settings {
     pub bundle: Option<PathBuf>,
     /// Bundle sync period (zero: never).
     pub sync_interval: Duration,
+    /// Telemetry report period (zero: never).
+    pub telemetry_interval: Duration,
+    /// How the device proves its identity to the cloud.
+    pub security: Security,
     /// Runtime settings.
     pub edge: EdgeSettings,
+}
+
+/// TLS settings of the cloud connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// CA that signed the cloud's certificate.
+    pub ca: PathBuf,
+    /// Client certificate and key, for mutual TLS.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// Credentials of the cloud connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Security {
+    /// Bearer token sent with every call.
+    pub token: Option<String>,
+    /// TLS; plaintext when None.
+    pub tls: Option<ClientTls>,
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ pub async fn start(s: &Settings) -> Result<Arc<Edge>, String> {
     let sha = legacy.sha256().to_string();
     let client = match &s.cloud {
         Some(url) => Some(
-            OffloadClient::new(url, &s.device_id, Duration::from_secs(2))
+            OffloadClient::new(url, &s.device_id, Duration::from_secs(2), &s.security)
                 .map_err(|e| format!("cloud address {url}: {e}"))?,
         ),
         None => None,
@@ -82,6 +82,27 @@ pub fn spawn_sync_loop(edge: Arc<Edge>, period: Duration) -> Option<tokio::task:
                 Err(e) => {
                     tracing::warn!(reason = %e, "bundle sync failed; keeping the current bundle")
                 }
+            }
+        }
+    }))
+}
+
+/// Reports answer counts to the cloud every `period` until the returned task is aborted (see
+/// [`Edge::report_telemetry`]); `None` when disabled or local-only.
+pub fn spawn_telemetry_loop(
+    edge: Arc<Edge>,
+    period: Duration,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if period.is_zero() || !edge.has_cloud() {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = edge.report_telemetry(SYNC_DEADLINE).await {
+                tracing::debug!(reason = %e, "telemetry report failed; counts kept for the next one");
             }
         }
     }))

@@ -76,6 +76,8 @@ pub struct Edge {
     settings: EdgeSettings,
     /// Counters.
     stats: Mutex<Stats>,
+    /// [local, remote, fallback] counts the cloud has acknowledged (telemetry sends deltas).
+    reported: tokio::sync::Mutex<[u64; 3]>,
 }
 
 /// m and r's verdict on one input.
@@ -111,7 +113,64 @@ impl Edge {
             client,
             settings,
             stats: Mutex::new(Stats::default()),
+            reported: tokio::sync::Mutex::new([0; 3]),
         }
+    }
+
+    /// Whether a cloud is configured.
+    pub fn has_cloud(&self) -> bool {
+        self.client.is_some()
+    }
+
+    /// Sends the answer counts since the last acknowledged report to the cloud. Deltas are
+    /// committed only once acknowledged, so a failed report is folded into the next one and no
+    /// answer is counted twice or lost.
+    pub async fn report_telemetry(&self, deadline: Duration) -> Result<(), String> {
+        let client = self.client.as_ref().ok_or("no cloud configured")?;
+        let mut reported = self.reported.lock().await;
+        let now = {
+            let s = lock(&self.stats);
+            [s.local, s.remote, s.fallback]
+        };
+        let delta = [0, 1, 2].map(|i| now[i] - reported[i]);
+        if delta == [0; 3] {
+            return Ok(());
+        }
+        let version = self.bundle().meta.version.clone();
+        client
+            .report(&self.settings.model, delta, &version, deadline)
+            .await
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+        *reported = now;
+        Ok(())
+    }
+
+    /// Prometheus text exposition of the device's counters.
+    pub fn render_metrics(&self) -> String {
+        let s = self.stats();
+        let model = &self.settings.model;
+        let mut out = String::new();
+        out.push_str("# HELP edge_answers_total Answers by source (local: m by the rejector's choice, remote: cloud expert, fallback: m after a failed offload).\n# TYPE edge_answers_total counter\n");
+        for (source, v) in [
+            ("local", s.local),
+            ("remote", s.remote),
+            ("fallback", s.fallback),
+        ] {
+            out.push_str(&format!(
+                "edge_answers_total{{model=\"{model}\",source=\"{source}\"}} {v}\n"
+            ));
+        }
+        out.push_str(&format!("# HELP edge_budget_refused_total Offloads refused by the budget.\n# TYPE edge_budget_refused_total counter\nedge_budget_refused_total{{model=\"{model}\"}} {}\n", s.budget_refused));
+        out.push_str(&format!("# HELP edge_offload_rate Fraction of answers the rejector offloaded.\n# TYPE edge_offload_rate gauge\nedge_offload_rate{{model=\"{model}\"}} {}\n", s.offload_rate));
+        for (q, v) in [("0.5", s.latency_p50_us), ("0.99", s.latency_p99_us)] {
+            if let Some(v) = v {
+                out.push_str(&format!(
+                    "edge_latency_microseconds{{model=\"{model}\",quantile=\"{q}\"}} {v}\n"
+                ));
+            }
+        }
+        out.push_str(&format!("# HELP edge_bundle_info Rejector bundle in use.\n# TYPE edge_bundle_info gauge\nedge_bundle_info{{model=\"{model}\",version=\"{}\"}} 1\n", self.bundle().meta.version));
+        out
     }
 
     /// The current bundle.

@@ -132,6 +132,13 @@ async fn health(State(edge): State<Arc<Edge>>) -> Json<serde_json::Value> {
     )
 }
 
+async fn metrics(State(edge): State<Arc<Edge>>) -> impl axum::response::IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        edge.render_metrics(),
+    )
+}
+
 async fn stats(State(edge): State<Arc<Edge>>) -> Json<crate::stats::Summary> {
     Json(edge.stats())
 }
@@ -146,6 +153,7 @@ pub fn app(edge: Arc<Edge>) -> Router {
         .route("/predict", post(predict))
         .route("/health", get(health))
         .route("/stats", get(stats))
+        .route("/metrics", get(metrics))
         .route("/policy", get(get_policy).post(set_policy))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(edge)

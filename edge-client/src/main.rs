@@ -112,6 +112,8 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .map_err(anyhow::Error::msg)?;
             let sync = edge_client::device::spawn_sync_loop(edge.clone(), s.sync_interval);
+            let telemetry =
+                edge_client::device::spawn_telemetry_loop(edge.clone(), s.telemetry_interval);
             let data = edge_client::run_cmd::load_inputs(&input, split_seed)
                 .map_err(anyhow::Error::msg)?;
             let mut sink: Box<dyn std::io::Write> = match &out {
@@ -119,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
                 None => Box::new(std::io::stdout().lock()),
             };
             let summary = edge_client::run_cmd::run(
-                edge,
+                edge.clone(),
                 &data,
                 sink.as_mut(),
                 std::time::Duration::from_millis(interval_ms),
@@ -127,8 +129,17 @@ async fn main() -> anyhow::Result<()> {
             .await
             .map_err(anyhow::Error::msg)?;
             sink.flush()?;
-            if let Some(t) = sync {
+            for t in [sync, telemetry].into_iter().flatten() {
                 t.abort();
+            }
+            if edge.has_cloud() && !s.telemetry_interval.is_zero() {
+                // Final report so the fleet counters include this run.
+                if let Err(e) = edge
+                    .report_telemetry(std::time::Duration::from_secs(2))
+                    .await
+                {
+                    tracing::warn!(reason = %e, "final telemetry report failed");
+                }
             }
             eprintln!("{}", serde_json::to_string(&summary)?);
         }
@@ -138,6 +149,8 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .map_err(anyhow::Error::msg)?;
             let _sync = edge_client::device::spawn_sync_loop(edge.clone(), s.sync_interval);
+            let _telemetry =
+                edge_client::device::spawn_telemetry_loop(edge.clone(), s.telemetry_interval);
             let listener = tokio::net::TcpListener::bind(listen).await?;
             let bound = listener.local_addr()?;
             tracing::info!(%bound, "device endpoint up");

@@ -257,7 +257,19 @@ pub async fn run(
             .tls_config(t.grpc().map_err(|e| CloudError::Config(e.to_string()))?)
             .map_err(|e| CloudError::Config(format!("grpc tls: {e}")))?;
     }
+    // tonic refuses oversized messages while decoding, before any handler runs; such refusals
+    // are trailers-only responses with grpc-status OUT_OF_RANGE (11) in the headers, counted
+    // here so the message-size limit has its metric like every other limit.
+    let size_refusals = state.metrics.rejected.with_label_values(&["message_size"]);
+    let count_size_refusals =
+        tower::util::MapResponseLayer::new(move |resp: axum::http::Response<tonic::body::Body>| {
+            if resp.headers().get("grpc-status").is_some_and(|v| v == "11") {
+                size_refusals.inc();
+            }
+            resp
+        });
     let server = builder
+        .layer(count_size_refusals)
         .add_service(health)
         .add_service(reflection)
         .add_service(expert)

@@ -61,11 +61,6 @@ pub fn serve_config(a: &config::ServeArgs) -> Result<serve::ServeConfig, CloudEr
         per_second: a.rate_per_device,
         burst: a.rate_burst.unwrap_or(a.rate_per_device).max(1.0),
     });
-    let mut auth = serve::auth::Auth::load(a.auth, a.credentials.as_deref())
-        .map_err(|e| CloudError::Config(e.to_string()))?;
-    if let Some(t) = &a.admin_token {
-        auth.add_admin_token(t);
-    }
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(cert), Some(key)) => Some(serve::tls::TlsSettings {
             cert: cert.clone(),
@@ -85,6 +80,11 @@ pub fn serve_config(a: &config::ServeArgs) -> Result<serve::ServeConfig, CloudEr
         return Err(CloudError::Config(
             "--auth cert needs mutual TLS: --tls-cert, --tls-key and --tls-client-ca".into(),
         ));
+    }
+    let mut auth = serve::auth::Auth::load(a.auth, a.credentials.as_deref())
+        .map_err(|e| CloudError::Config(e.to_string()))?;
+    if let Some(t) = &a.admin_token {
+        auth.add_admin_token(t);
     }
     let mut cfg = serve::ServeConfig::new(
         a.repo.clone(),

@@ -155,7 +155,12 @@ impl Auth {
             None if mode == AuthMode::None => CredentialsFile::default(),
             None => {
                 return Err(AuthConfigError::Invalid(format!(
-                    "--auth {mode:?} needs --credentials FILE listing the devices"
+                    "--auth {} needs --credentials FILE listing the devices",
+                    if mode == AuthMode::Cert {
+                        "cert"
+                    } else {
+                        "token"
+                    }
                 )))
             }
         };

@@ -367,3 +367,149 @@ pub fn rest_response(
     }
     Ok(RestResponse { json, binary })
 }
+
+#[cfg(test)]
+mod tests {
+    //! Property tests of the decoding boundary: valid tensors round-trip exactly in every
+    //! encoding, and arbitrary bytes, shapes, datatypes and JSON never panic and never yield a
+    //! batch that breaks the invariants (length = rows x features, all finite, rows <= limit).
+    use super::*;
+    use offload_proto::v1 as opb;
+    use proptest::prelude::*;
+
+    fn f32_raw(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    fn grpc_req(datatype: &str, shape: Vec<i64>, raw: Vec<u8>) -> pb::ModelInferRequest {
+        pb::ModelInferRequest {
+            model_name: "m".into(),
+            inputs: vec![pb::model_infer_request::InferInputTensor {
+                name: INPUT.into(),
+                datatype: datatype.into(),
+                shape,
+                ..Default::default()
+            }],
+            raw_input_contents: vec![raw],
+            ..Default::default()
+        }
+    }
+
+    fn invariants(b: &InputBatch, d: usize, max_rows: usize) {
+        assert_eq!(b.values.len(), b.rows * d);
+        assert!(b.rows >= 1 && b.rows <= max_rows);
+        assert!(b.values.iter().all(|v| v.is_finite()));
+    }
+
+    proptest! {
+        #[test]
+        fn valid_tensors_round_trip_in_every_encoding(
+            rows in 1usize..6, d in 1usize..24,
+            seed in proptest::collection::vec(-1e6f32..1e6, 1..144),
+        ) {
+            let values: Vec<f32> = (0..rows * d).map(|i| seed[i % seed.len()]).collect();
+            let shape = vec![rows as i64, d as i64];
+            let g = grpc_input(&grpc_req("FP32", shape.clone(), f32_raw(&values)), d, 8).unwrap();
+            prop_assert_eq!(&g.values, &values);
+            let json = serde_json::json!({"inputs": [{"name": INPUT, "shape": shape, "datatype": "FP32", "data": values}]});
+            let req: RestRequest = serde_json::from_value(json).unwrap();
+            let r = rest_input(&req, &[], d, 8).unwrap();
+            prop_assert_eq!(&r.values, &values);
+            let bin = serde_json::json!({"inputs": [{"name": INPUT, "shape": shape, "datatype": "FP32",
+                "parameters": {"binary_data_size": rows * d * 4}}]});
+            let req: RestRequest = serde_json::from_value(bin).unwrap();
+            let b = rest_input(&req, &f32_raw(&values), d, 8).unwrap();
+            prop_assert_eq!(&b.values, &values);
+            let o = opb::Tensor { dtype: opb::DataType::Float32 as i32, shape, raw: f32_raw(&values) };
+            prop_assert_eq!(offload_shared::wire::decode_input(Some(&o), d, 8).unwrap().values, values);
+        }
+
+        #[test]
+        fn arbitrary_grpc_tensors_never_panic(
+            dtype in prop_oneof![
+                proptest::sample::select(vec!["FP32", "FP64", "UINT8", "INT32", "INT64", "BYTES", "FP16"])
+                    .prop_map(str::to_string),
+                ".{0,6}",
+            ],
+            shape in proptest::collection::vec(-2i64..40, 0..5),
+            raw in proptest::collection::vec(any::<u8>(), 0..400),
+            d in 1usize..40,
+        ) {
+            if let Ok(b) = grpc_input(&grpc_req(&dtype, shape.clone(), raw.clone()), d, 8) {
+                invariants(&b, d, 8);
+            }
+            let o = opb::Tensor { dtype: (raw.len() % 6) as i32, shape, raw };
+            if let Ok(b) = offload_shared::wire::decode_input(Some(&o), d, 8) {
+                invariants(&b, d, 8);
+            }
+        }
+
+        #[test]
+        fn arbitrary_rest_bodies_never_panic(
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+            header_len in proptest::option::of(0usize..400),
+            d in 1usize..16,
+        ) {
+            if let Ok((json, tail)) = split_body(&body, header_len) {
+                if let Ok(req) = serde_json::from_slice::<RestRequest>(json) {
+                    if let Ok(b) = rest_input(&req, tail, d, 8) {
+                        invariants(&b, d, 8);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn structured_rest_requests_never_panic(
+            data in proptest::collection::vec(prop_oneof![
+                any::<f64>().prop_map(serde_json::Value::from),
+                Just(serde_json::Value::Null),
+                ".{0,3}".prop_map(serde_json::Value::from),
+                proptest::collection::vec(any::<i32>(), 0..4).prop_map(serde_json::Value::from),
+            ], 0..40),
+            shape in proptest::collection::vec(-1i64..10, 0..4),
+            size in proptest::option::of(0u64..64),
+            tail in proptest::collection::vec(any::<u8>(), 0..64),
+            d in 1usize..8,
+        ) {
+            let mut t = serde_json::json!({"name": INPUT, "shape": shape, "datatype": "FP32", "data": data});
+            if let Some(s) = size {
+                t["parameters"] = serde_json::json!({"binary_data_size": s});
+            }
+            let req: RestRequest = serde_json::from_value(serde_json::json!({"inputs": [t]})).unwrap();
+            if let Ok(b) = rest_input(&req, &tail, d, 8) {
+                invariants(&b, d, 8);
+            }
+        }
+    }
+
+    #[test]
+    fn responses_carry_requested_outputs_in_order() {
+        let out = Outputs {
+            rows: 2,
+            num_classes: 3,
+            probs: vec![0.1, 0.7, 0.2, 0.5, 0.3, 0.2],
+        };
+        let mut req = grpc_req("FP32", vec![2, 3], vec![]);
+        req.outputs = vec![pb::model_infer_request::InferRequestedOutputTensor {
+            name: LABEL.into(),
+            ..Default::default()
+        }];
+        let r = grpc_response(&req, "m", "4", &out).unwrap();
+        assert_eq!(r.outputs.len(), 1);
+        assert_eq!(
+            r.raw_output_contents[0],
+            [1i64, 0]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>()
+        );
+        let rest: RestRequest = serde_json::from_value(serde_json::json!({
+            "id": "x", "inputs": [], "parameters": {"binary_data_output": true}}))
+        .unwrap();
+        let r = rest_response(&rest, "m", "4", &out).unwrap();
+        assert_eq!(r.binary.len(), 6 * 4 + 2 * 8);
+        assert_eq!(r.json["outputs"][0]["parameters"]["binary_data_size"], 24);
+        assert_eq!(r.json["id"], "x");
+    }
+}

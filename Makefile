@@ -1,7 +1,8 @@
 # The project's entry points. Every target sets up what it needs, idempotently:
 #   make demo   - set up, train on the bundled digits data and print the L2H comparison tables
 #   make test   - set up and run the whole test suite (fmt, clippy, unit and end-to-end tests)
-#   make bench  - set up and print the benchmark figures
+#   make bench  - set up and print the benchmark figures (including the MLServer comparison)
+#   make bench-peer - only the side-by-side comparison with MLServer
 SHELL := /bin/bash
 VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
@@ -13,7 +14,7 @@ export PATH := $(VENV)/bin:$(PATH)
 CARGO ?= cargo
 DEMO_OUT ?= $(CURDIR)/demo-out
 
-.PHONY: setup build demo test bench lint clean-venv
+.PHONY: setup build demo test bench bench-peer lint clean-venv
 
 $(VENV)/.ready: scripts/requirements.txt
 	@bash scripts/setup-venv.sh "$(VENV)"
@@ -40,6 +41,11 @@ bench: setup
 	$(CARGO) build --release --bins
 	$(CARGO) build --profile edge -p edge-client
 	bash scripts/bench.sh "$(CURDIR)/bench-out"
+	bash scripts/bench-peer.sh "$(CURDIR)/bench-out"
+
+bench-peer: setup
+	$(CARGO) build --release --bins
+	bash scripts/bench-peer.sh "$(CURDIR)/bench-out"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -584,6 +584,7 @@ fn devices_report_fleet_counters_and_expose_their_own() {
     assert_eq!(code, 200, "{r}");
     let (code, m) = curl(&[&format!("http://{addr}/metrics")]);
     let _ = dev.kill();
+    let _ = dev.wait();
     assert_eq!(code, 200);
     let answered: f64 = ["local", "remote", "fallback"]
         .iter()

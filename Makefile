@@ -32,10 +32,12 @@ demo: setup
 lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p cloud-expert --all-targets --features otlp -- -D warnings
 
 test: setup lint
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+	$(CARGO) test -p cloud-expert --features otlp --test otlp
 
 bench: setup
 	$(CARGO) build --release --bins

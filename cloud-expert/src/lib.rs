@@ -14,24 +14,11 @@ pub mod plot;
 pub mod report;
 pub mod serve;
 pub mod stored;
+pub mod telemetry;
 pub mod train;
 
 use config::{Cli, Command};
 pub use error::CloudError;
-
-/// Initialises tracing once: human-readable or JSON lines, filtered by `RUST_LOG` (default info).
-pub fn init_telemetry(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
 
 /// Validates the serve flags into a [`serve::ServeConfig`] (reads the credentials file).
 pub fn serve_config(a: &config::ServeArgs) -> Result<serve::ServeConfig, CloudError> {

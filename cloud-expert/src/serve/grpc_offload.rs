@@ -8,6 +8,7 @@ use offload_proto::v1 as pb;
 use offload_shared::wire::decode_input;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 /// `offload.v1.Expert`.
 #[derive(Debug, Clone)]
@@ -57,7 +58,10 @@ impl pb::expert_server::Expert for ExpertService {
         let r = req.into_inner();
         call.declared_device = Some(r.device_id.clone()).filter(|d| !d.is_empty());
         let model = r.model.clone();
-        let result = self.infer_inner(&call, r).await;
+        let result = self
+            .infer_inner(&call, r)
+            .instrument(call.span(&model))
+            .await;
         self.state.record(&call, &model, &result);
         result.map(Response::new).map_err(ServeError::into_status)
     }

@@ -9,6 +9,7 @@ use offload_proto::inference as pb;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 /// Name reported by ServerMetadata.
 pub const SERVER_NAME: &str = "cloud-expert";
@@ -177,7 +178,8 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for OipService {
         let mut call = grpc_call(&req, "v2-grpc", "ModelInfer");
         let r = req.into_inner();
         let model = r.model_name.clone();
-        let result = self.infer(&mut call, r).await;
+        let span = call.span(&model);
+        let result = self.infer(&mut call, r).instrument(span).await;
         self.state.record(&call, &model, &result);
         result.map(Response::new).map_err(ServeError::into_status)
     }

@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// Header announcing the JSON part's length in Triton's binary extension.
 const HEADER_LEN: &str = "inference-header-content-length";
@@ -207,7 +208,9 @@ async fn infer(
     body: Body,
 ) -> Response {
     let c = call("ModelInfer", &headers, peer);
-    let result = infer_inner(&s, &c, &model, &version, &headers, body).await;
+    let result = infer_inner(&s, &c, &model, &version, &headers, body)
+        .instrument(c.span(&model))
+        .await;
     s.record(&c, &model, &result);
     match result {
         Ok(r) if r.binary.is_empty() => Json(r.json).into_response(),

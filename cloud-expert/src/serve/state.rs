@@ -67,6 +67,19 @@ impl Call {
     }
 }
 
+impl Call {
+    /// The span a request runs in (exported as a trace span with the `otlp` feature; its name is
+    /// the method).
+    pub fn span(&self, model: &str) -> tracing::Span {
+        tracing::info_span!(
+            "request",
+            otel.name = self.method,
+            protocol = self.protocol,
+            model = %model
+        )
+    }
+}
+
 impl ServerState {
     /// Whether the server accepts inference now.
     pub fn is_ready(&self) -> bool {

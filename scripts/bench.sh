@@ -22,6 +22,23 @@ echo
 echo "== serving, compute-bound expert (mlp:2048,2048, 4.3 M parameters)"
 "$bin/cloud-expert" bench-serve --repo "$out/big"
 echo
+echo "== load: 32 simulated devices (own connections), 128 requests in flight, 5 s per protocol"
+"$bin/cloud-expert" serve --repo "$out/repo" --addr 127.0.0.1:0 --http-addr off > "$out/serve.out" 2> "$out/serve.log" &
+serve_pid=$!
+for _ in $(seq 1 100); do grep -q "^ready on" "$out/serve.out" 2>/dev/null && break; sleep 0.1; done
+url="http://$(sed -n 's/^ready on \([^ ]*\).*/\1/p' "$out/serve.out")"
+for proto in v2 offload; do
+  r=$("$bin/loadgen" --url "$url" --protocol "$proto" --devices 32 --concurrency 128 --seconds 5)
+  python3 - "$r" <<'PY'
+import json, sys
+v = json.loads(sys.argv[1].splitlines()[-1])
+print(f"  {v['protocol']:8} {v['rps']:8.0f} req/s  p50 {v['p50_us']/1000:.2f} ms  p99 {v['p99_us']/1000:.2f} ms"
+      f"  p999 {v['p999_us']/1000:.2f} ms  errors {sum(v['errors'].values())}")
+PY
+done
+echo "  server peak RSS under load: $(awk '/VmHWM/ {print $2, $3}' /proc/$serve_pid/status)"
+kill $serve_pid; wait $serve_pid 2>/dev/null || true
+echo
 echo "== binary sizes (stripped)"
 strip -o "$out/cloud-expert.stripped" "$bin/cloud-expert"
 echo "  cloud-expert (release, links libtorch dynamically): $(du -h "$out/cloud-expert.stripped" | cut -f1)"

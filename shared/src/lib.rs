@@ -7,6 +7,7 @@ pub mod dataset;
 pub mod engine;
 pub mod eval;
 pub mod legacy;
+pub mod oip;
 pub mod onnx_build;
 pub mod rejector;
 pub mod repository;

@@ -3,9 +3,9 @@
 
 use super::error::ServeError;
 use super::grpc_call;
-use super::oip::{self, Outputs};
 use super::state::{Call, ServerState};
 use offload_proto::inference as pb;
+use offload_shared::oip::{self, Outputs};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};

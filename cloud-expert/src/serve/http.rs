@@ -5,7 +5,6 @@
 
 use super::error::ServeError;
 use super::grpc_oip::{model_metadata, model_ready, EXTENSIONS, SERVER_NAME};
-use super::oip::{self, Outputs, RestRequest};
 use super::state::{Call, ServerState};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -13,6 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use offload_shared::oip::{self, Outputs, RestRequest};
 use std::sync::Arc;
 use tracing::Instrument;
 

@@ -16,7 +16,6 @@ pub mod grpc_oip;
 pub mod http;
 pub mod limits;
 pub mod metrics;
-pub mod oip;
 pub mod registry;
 pub mod state;
 pub mod tls;

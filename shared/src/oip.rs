@@ -7,10 +7,8 @@
 //! - `input`: FP32 (or FP64, UINT8, INT32, INT64), shape `[-1, ...input_shape]`;
 //! - `probabilities`: FP32 `[-1, num_classes]`; `label`: INT64 `[-1]` (argmax).
 
+use crate::wire::{check_finite, check_shape, decode_raw, ElemType, InputBatch, WireError};
 use offload_proto::inference as pb;
-use offload_shared::wire::{
-    check_finite, check_shape, decode_raw, ElemType, InputBatch, WireError,
-};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -36,7 +34,7 @@ impl Outputs {
     fn labels(&self) -> Vec<i64> {
         self.probs
             .chunks(self.num_classes.max(1))
-            .map(|r| offload_shared::legacy::argmax(r) as i64)
+            .map(|r| crate::legacy::argmax(r) as i64)
             .collect()
     }
 }
@@ -421,7 +419,7 @@ mod tests {
             let b = rest_input(&req, &f32_raw(&values), d, 8).unwrap();
             prop_assert_eq!(&b.values, &values);
             let o = opb::Tensor { dtype: opb::DataType::Float32 as i32, shape, raw: f32_raw(&values) };
-            prop_assert_eq!(offload_shared::wire::decode_input(Some(&o), d, 8).unwrap().values, values);
+            prop_assert_eq!(crate::wire::decode_input(Some(&o), d, 8).unwrap().values, values);
         }
 
         #[test]
@@ -439,7 +437,7 @@ mod tests {
                 invariants(&b, d, 8);
             }
             let o = opb::Tensor { dtype: (raw.len() % 6) as i32, shape, raw };
-            if let Ok(b) = offload_shared::wire::decode_input(Some(&o), d, 8) {
+            if let Ok(b) = crate::wire::decode_input(Some(&o), d, 8) {
                 invariants(&b, d, 8);
             }
         }

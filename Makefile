@@ -3,6 +3,7 @@
 #   make test   - set up and run the whole test suite (fmt, clippy, unit and end-to-end tests)
 #   make bench  - set up and print the benchmark figures (including the MLServer comparison)
 #   make bench-peer - only the side-by-side comparison with MLServer
+#   make fuzz   - cargo-fuzz the request and tensor decoders for FUZZ_SECONDS each (nightly)
 SHELL := /bin/bash
 VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
@@ -14,7 +15,7 @@ export PATH := $(VENV)/bin:$(PATH)
 CARGO ?= cargo
 DEMO_OUT ?= $(CURDIR)/demo-out
 
-.PHONY: setup build demo test bench bench-peer lint clean-venv
+.PHONY: setup build demo test bench bench-peer fuzz lint clean-venv
 
 $(VENV)/.ready: scripts/requirements.txt
 	@bash scripts/setup-venv.sh "$(VENV)"
@@ -48,6 +49,15 @@ bench: setup
 bench-peer: setup
 	$(CARGO) build --release --bins
 	bash scripts/bench-peer.sh "$(CURDIR)/bench-out"
+
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS := v2_grpc_request v2_rest_body offload_request
+
+fuzz:
+	command -v cargo-fuzz > /dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
+	done
 
 clean-venv:
 	rm -rf $(VENV)

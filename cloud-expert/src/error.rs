@@ -28,6 +28,9 @@ pub enum CloudError {
         /// The error.
         source: std::io::Error,
     },
+    /// A model version in the repository could not be loaded for serving.
+    #[error("cannot load {0}")]
+    Load(String),
     /// The exported rejector disagrees with the trained one.
     #[error("export check failed: {0}")]
     ExportMismatch(String),

@@ -186,3 +186,43 @@ fn versions_hot_reload_failed_loads_keep_serving_and_admin_api_works() {
     );
     assert_eq!(admin("/models/nothing-here/load", "adm").0, 404);
 }
+
+#[test]
+fn a_broken_newest_version_at_start_falls_back_to_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let legacy = legacy(dir.path(), "multiclass");
+    train(dir.path(), &legacy, "digits", &["--epochs", "5"]);
+    let repo = dir.path().join("repo");
+    let v2 = publish_copy(&repo.join("digits"), 1, 2);
+    std::fs::write(v2.join("rejector.onnx"), b"not onnx").unwrap();
+    let cloud = CloudProcess::start(&repo, "127.0.0.1:0", &["--keep-versions", "1"]);
+    let (code, body) = infer_version(&cloud.http_url(), None);
+    assert!(
+        code == 200 && body.contains(r#""model_version":"1""#),
+        "{body}"
+    );
+    let (_, m) = curl(&[&format!("{}/metrics", cloud.http_url())]);
+    assert_eq!(
+        metric(
+            &m,
+            r#"cloud_model_loads_total{model="digits",result="failed"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    // With nothing loadable the server refuses to start, naming the cause.
+    std::fs::write(repo.join("digits/1/rejector.onnx"), b"not onnx").unwrap();
+    let err = run_err(
+        "cloud-expert",
+        &[
+            "serve",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "off",
+        ],
+    );
+    assert!(err.contains("sha256 does not match"), "{err}");
+}

@@ -60,17 +60,43 @@ pub fn app(state: Arc<ServerState>) -> Router {
         .with_state(state)
 }
 
-fn call(
-    method: &'static str,
-    headers: &HeaderMap,
-    peer: Option<axum::Extension<PeerIdentity>>,
-) -> Call {
+/// Who is calling: the certificate identity (TLS) and the client address.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Client certificate common name.
+    identity: Option<String>,
+    /// Client address.
+    addr: Option<std::net::SocketAddr>,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            identity: parts
+                .extensions
+                .get::<PeerIdentity>()
+                .and_then(|p| p.0.clone()),
+            addr: parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0),
+        })
+    }
+}
+
+fn call(method: &'static str, headers: &HeaderMap, peer: Caller) -> Call {
     let mut c = Call::new("v2-rest", method);
+    c.peer = peer.addr.map(|a| a.ip());
     c.authorization = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    c.cert_identity = peer.and_then(|p| p.0 .0.clone());
+    c.cert_identity = peer.identity;
     c
 }
 
@@ -92,7 +118,7 @@ async fn metadata_latest(
     s: State<Arc<ServerState>>,
     Path(model): Path<String>,
     headers: HeaderMap,
-    peer: Option<axum::Extension<PeerIdentity>>,
+    peer: Caller,
 ) -> Response {
     metadata(s, model, String::new(), headers, peer)
 }
@@ -101,7 +127,7 @@ async fn metadata_version(
     s: State<Arc<ServerState>>,
     Path((model, version)): Path<(String, String)>,
     headers: HeaderMap,
-    peer: Option<axum::Extension<PeerIdentity>>,
+    peer: Caller,
 ) -> Response {
     metadata(s, model, version, headers, peer)
 }
@@ -111,7 +137,7 @@ fn metadata(
     model: String,
     version: String,
     headers: HeaderMap,
-    peer: Option<axum::Extension<PeerIdentity>>,
+    peer: Caller,
 ) -> Response {
     let c = call("ModelMetadata", &headers, peer);
     let result = model_metadata(&s, &c, &model, &version);
@@ -134,7 +160,7 @@ async fn ready_latest(
     s: State<Arc<ServerState>>,
     Path(model): Path<String>,
     headers: HeaderMap,
-    peer: Option<axum::Extension<PeerIdentity>>,
+    peer: Caller,
 ) -> Response {
     ready(s, model, String::new(), headers, peer)
 }
@@ -143,7 +169,7 @@ async fn ready_version(
     s: State<Arc<ServerState>>,
     Path((model, version)): Path<(String, String)>,
     headers: HeaderMap,
-    peer: Option<axum::Extension<PeerIdentity>>,
+    peer: Caller,
 ) -> Response {
     ready(s, model, version, headers, peer)
 }
@@ -153,7 +179,7 @@ fn ready(
     model: String,
     version: String,
     headers: HeaderMap,
-    peer: Option<axum::Extension<PeerIdentity>>,
+    peer: Caller,
 ) -> Response {
     let c = call("ModelReady", &headers, peer);
     let result = model_ready(&s, &c, &model, &version);
@@ -169,7 +195,7 @@ async fn infer_latest(
     s: State<Arc<ServerState>>,
     Path(model): Path<String>,
     headers: HeaderMap,
-    peer: Option<axum::Extension<PeerIdentity>>,
+    peer: Caller,
     body: Body,
 ) -> Response {
     infer(s, model, String::new(), headers, peer, body).await
@@ -179,7 +205,7 @@ async fn infer_version(
     s: State<Arc<ServerState>>,
     Path((model, version)): Path<(String, String)>,
     headers: HeaderMap,
-    peer: Option<axum::Extension<PeerIdentity>>,
+    peer: Caller,
     body: Body,
 ) -> Response {
     infer(s, model, version, headers, peer, body).await
@@ -204,7 +230,7 @@ async fn infer(
     model: String,
     version: String,
     headers: HeaderMap,
-    peer: Option<axum::Extension<PeerIdentity>>,
+    peer: Caller,
     body: Body,
 ) -> Response {
     let c = call("ModelInfer", &headers, peer);

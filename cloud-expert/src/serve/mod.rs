@@ -93,6 +93,7 @@ pub(crate) fn grpc_call<T>(
 ) -> Call {
     let mut c = Call::new(protocol, method);
     c.deadline = grpc_timeout(req).map(|t| c.started + t);
+    c.peer = req.remote_addr().map(|a| a.ip());
     c.authorization = req
         .metadata()
         .get("authorization")
@@ -220,6 +221,7 @@ pub async fn run(
                     let listener = listener.tap_io(|tcp| {
                         let _ = tcp.set_nodelay(true);
                     });
+                    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
                     let _ = axum::serve(listener, app)
                         .with_graceful_shutdown(stop)
                         .await;

@@ -1,7 +1,8 @@
 //! The models a server holds, and how they change while it runs.
 //!
 //! For each model in the repository the registry serves the newest `keep_versions` versions
-//! that loaded successfully. Invariants:
+//! that loaded successfully (older versions are tried only while fewer than that load).
+//! Invariants:
 //! - An expert and its rejector always come from the same version directory (checked: the
 //!   rejector's sha256 and its `expert_version`), are loaded together and retired together, and
 //!   a request pinned to version v is only ever answered by v's expert. A device therefore never
@@ -255,7 +256,6 @@ impl Registry {
     ) -> Result<(), CloudError> {
         let repo = Repository::new(&self.repo);
         let on_disk = repo.versions(name)?;
-        let newest: Vec<u64> = on_disk.iter().rev().take(self.keep).copied().collect();
         let loaded: BTreeMap<u64, Arc<ModelEntry>> =
             self.read().get(name).cloned().unwrap_or_default();
         let mut next: BTreeMap<u64, Arc<ModelEntry>> = loaded
@@ -263,9 +263,14 @@ impl Registry {
             .filter(|(v, _)| on_disk.contains(v))
             .map(|(v, e)| (*v, e.clone()))
             .collect();
-        for v in newest {
+        // Newest first, until `keep` versions at least as new as the candidate are served: a
+        // broken newest version makes an older one load instead (also at start).
+        for &v in on_disk.iter().rev() {
             if next.contains_key(&v) {
                 continue;
+            }
+            if next.len() >= self.keep && next.keys().next().is_some_and(|&oldest| v < oldest) {
+                break;
             }
             let dir = self.repo.join(name).join(v.to_string());
             let fp = fingerprint(&dir);
@@ -331,13 +336,13 @@ impl Registry {
         let onnx = std::fs::read(&path).map_err(crate::error::io_err(&path))?;
         let sha = sha256_hex(&onnx);
         if sha != rejector.rejector_sha256 {
-            return Err(CloudError::Config(format!(
+            return Err(CloudError::Load(format!(
                 "{}: sha256 does not match rejector.json",
                 path.display()
             )));
         }
         if rejector.expert_version != expert.version || rejector.version != expert.version {
-            return Err(CloudError::Config(format!(
+            return Err(CloudError::Load(format!(
                 "{}: rejector (version {}, trained for expert {}) and expert (version {}) are not a pair",
                 dir.display(),
                 rejector.version,
@@ -353,7 +358,7 @@ impl Registry {
         let queue = batcher::spawn(name, self.batch, Some(observer), move || {
             LoadedExpert::load(&owned).map_err(|e| e.to_string())
         })
-        .map_err(|e| CloudError::Config(format!("model `{name}`: {e}")))?;
+        .map_err(|e| CloudError::Load(format!("model `{name}` from {}: {e}", dir.display())))?;
         Ok(ModelEntry {
             name: name.into(),
             version: rejector.version.clone(),

@@ -50,6 +50,8 @@ pub struct Call {
     pub cert_identity: Option<String>,
     /// Device id the client declared (used for rate limiting when unauthenticated).
     pub declared_device: Option<String>,
+    /// The client's address (the rate-limit key of last resort).
+    pub peer: Option<std::net::IpAddr>,
 }
 
 impl Call {
@@ -63,6 +65,7 @@ impl Call {
             authorization: None,
             cert_identity: None,
             declared_device: None,
+            peer: None,
         }
     }
 }
@@ -105,12 +108,14 @@ impl ServerState {
             return Err(ServeError::NotReady);
         }
         if let Some(rate) = &self.rate {
-            let key = who
-                .device()
-                .or(call.declared_device.as_deref())
-                .unwrap_or("anonymous");
-            if !rate.allow(key) {
-                return Err(ServeError::RateLimited(key.to_string()));
+            // Authenticated identity, else the declared device id, else the client address.
+            let key = match (who.device(), call.declared_device.as_deref(), call.peer) {
+                (Some(d), _, _) | (None, Some(d), _) => d.to_string(),
+                (None, None, Some(ip)) => ip.to_string(),
+                (None, None, None) => "anonymous".to_string(),
+            };
+            if !rate.allow(&key) {
+                return Err(ServeError::RateLimited(key));
             }
         }
         self.auth.authorize_model(&who, model)?;

@@ -173,6 +173,8 @@ pub async fn serve_https(
                 .and_then(|c| common_name(c));
             let svc = app.map_request(move |mut req: axum::http::Request<_>| {
                 req.extensions_mut().insert(PeerIdentity(cn.clone()));
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
                 req
             });
             let svc = hyper_util::service::TowerToHyperService::new(svc);

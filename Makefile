@@ -32,13 +32,14 @@ demo: setup
 
 lint: setup
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy -p cloud-expert --all-targets --features otlp -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --features cloud-expert/otlp -- -D warnings
+	$(CARGO) clippy -p cloud-expert --lib -- -D warnings
 
+# One feature set for the build and the tests (the otlp feature included, so its test runs),
+# so nothing is compiled twice.
 test: setup lint
-	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace
-	$(CARGO) test -p cloud-expert --features otlp --test otlp
+	$(CARGO) build --workspace --bins --features cloud-expert/otlp
+	$(CARGO) test --workspace --features cloud-expert/otlp
 
 bench: setup
 	$(CARGO) build --release --bins

@@ -13,9 +13,9 @@ pub struct Cli {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "CLOUD_EXPERT_LOG_JSON", global = true)]
     pub log_json: bool,
-    /// Export traces over OTLP/gRPC to this endpoint (e.g. http://127.0.0.1:4317); needs a
-    /// build with the `otlp` cargo feature.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    /// Export request spans over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318);
+    /// needs a build with the `otlp` cargo feature.
+    #[arg(long, env = "CLOUD_EXPERT_OTLP_ENDPOINT", global = true)]
     pub otlp_endpoint: Option<String>,
     /// What to do.
     #[command(subcommand)]
@@ -91,6 +91,12 @@ pub struct ServeArgs {
     /// Burst size of the per-device rate limit (default: one second's worth).
     #[arg(long, env = "CLOUD_EXPERT_RATE_BURST")]
     pub rate_burst: Option<f64>,
+    /// Most inference requests being decoded or computed at once; beyond it: UNAVAILABLE / 503.
+    #[arg(long, env = "CLOUD_EXPERT_MAX_IN_FLIGHT", default_value_t = 4096)]
+    pub max_in_flight: usize,
+    /// Most concurrent HTTP/2 streams per gRPC connection.
+    #[arg(long, env = "CLOUD_EXPERT_MAX_STREAMS", default_value_t = 256)]
+    pub max_streams: u32,
     /// Seconds in-flight requests may take after SIGINT/SIGTERM.
     #[arg(long, env = "CLOUD_EXPERT_GRACE_SECS", default_value_t = 10.0)]
     pub grace_secs: f64,

@@ -22,9 +22,15 @@ pub use error::CloudError;
 
 /// Validates the serve flags into a [`serve::ServeConfig`] (reads the credentials file).
 pub fn serve_config(a: &config::ServeArgs) -> Result<serve::ServeConfig, CloudError> {
-    if a.max_batch == 0 || a.queue_depth == 0 || a.max_rows == 0 || a.max_message_bytes == 0 {
+    if a.max_batch == 0
+        || a.queue_depth == 0
+        || a.max_rows == 0
+        || a.max_message_bytes == 0
+        || a.max_in_flight == 0
+        || a.max_streams == 0
+    {
         return Err(CloudError::Config(
-            "--max-batch, --queue-depth, --max-rows and --max-message-bytes must be positive"
+            "--max-batch, --queue-depth, --max-rows, --max-message-bytes, --max-in-flight and --max-streams must be positive"
                 .into(),
         ));
     }
@@ -91,6 +97,8 @@ pub fn serve_config(a: &config::ServeArgs) -> Result<serve::ServeConfig, CloudEr
     cfg.rate = rate;
     cfg.auth = auth;
     cfg.tls = tls;
+    cfg.max_in_flight = a.max_in_flight;
+    cfg.max_streams_per_connection = a.max_streams;
     Ok(cfg)
 }
 

@@ -80,7 +80,7 @@ pub struct Remote {
 impl OffloadClient {
     /// A lazily connecting client: no network traffic until the first call, so a device starts
     /// while the cloud is down; reconnects happen transparently.
-    /// With TLS configured, `url` must be `https://` (plaintext is never attempted).
+    /// With TLS configured, `url` must be `https://` (checked when settings are validated).
     pub fn new(
         url: &str,
         device_id: &str,
@@ -133,6 +133,7 @@ impl OffloadClient {
         model: &str,
         counts: [u64; 3],
         bundle_version: &str,
+        (instance, sequence): (u64, u64),
         deadline: Duration,
     ) -> Result<(), tonic::Status> {
         let req = self.request(
@@ -143,6 +144,8 @@ impl OffloadClient {
                 offloaded: counts[1],
                 fallback: counts[2],
                 bundle_version: bundle_version.into(),
+                instance,
+                sequence,
             },
             deadline,
         );

@@ -148,6 +148,17 @@ impl DeviceArgs {
             (None, _, _) => return Err("--client-cert/--client-key need --ca-cert".into()),
             _ => return Err("give both --client-cert and --client-key, or neither".into()),
         };
+        if (tls.is_some() || self.token.is_some())
+            && self
+                .cloud
+                .as_deref()
+                .is_some_and(|c| !c.starts_with("https://"))
+        {
+            return Err(
+                "--ca-cert/--token need an https:// --cloud address (credentials are never sent in plaintext)"
+                    .into(),
+            );
+        }
         Ok(Settings {
             security: Security {
                 token: self.token.clone(),
@@ -247,5 +258,12 @@ mod tests {
             .settings()
             .unwrap_err()
             .contains("--legacy"));
+        let plaintext_token = DeviceArgs {
+            legacy: Some("m.onnx".into()),
+            cloud: Some("http://cloud:50051".into()),
+            token: Some("secret".into()),
+            ..Default::default()
+        };
+        assert!(plaintext_token.settings().unwrap_err().contains("https://"));
     }
 }

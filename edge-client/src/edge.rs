@@ -76,8 +76,8 @@ pub struct Edge {
     settings: EdgeSettings,
     /// Counters.
     stats: Mutex<Stats>,
-    /// [local, remote, fallback] counts the cloud has acknowledged (telemetry sends deltas).
-    reported: tokio::sync::Mutex<[u64; 3]>,
+    /// Telemetry state: what the cloud has acknowledged and the report awaiting an ack.
+    reported: tokio::sync::Mutex<Reported>,
 }
 
 /// m and r's verdict on one input.
@@ -88,6 +88,34 @@ struct LocalDecision {
     verdict: Verdict,
     bundle: Arc<Bundle>,
     elapsed: Duration,
+}
+
+/// Telemetry bookkeeping. Invariant: `pending`, once built, is resent unchanged (same sequence,
+/// same counts) until acknowledged, so the server can drop a resend whose first ack was lost.
+#[derive(Debug)]
+struct Reported {
+    /// Random id of this process's report sequence.
+    instance: u64,
+    /// [local, remote, fallback] totals the cloud has acknowledged.
+    acked: [u64; 3],
+    /// Sequence number of the next new report.
+    next_sequence: u64,
+    /// (sequence, deltas, totals) of the report awaiting an ack.
+    pending: Option<(u64, [u64; 3], [u64; 3])>,
+}
+
+impl Reported {
+    fn new() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Self {
+            instance: nanos ^ ((std::process::id() as u64) << 32),
+            acked: [0; 3],
+            next_sequence: 1,
+            pending: None,
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -113,7 +141,7 @@ impl Edge {
             client,
             settings,
             stats: Mutex::new(Stats::default()),
-            reported: tokio::sync::Mutex::new([0; 3]),
+            reported: tokio::sync::Mutex::new(Reported::new()),
         }
     }
 
@@ -122,26 +150,40 @@ impl Edge {
         self.client.is_some()
     }
 
-    /// Sends the answer counts since the last acknowledged report to the cloud. Deltas are
-    /// committed only once acknowledged, so a failed report is folded into the next one and no
-    /// answer is counted twice or lost.
+    /// Sends the answer counts since the last acknowledged report to the cloud. A report is
+    /// resent unchanged until acknowledged (see [`Reported`]), so no answer is lost or counted
+    /// twice; counts gathered meanwhile go into the next report.
     pub async fn report_telemetry(&self, deadline: Duration) -> Result<(), String> {
         let client = self.client.as_ref().ok_or("no cloud configured")?;
-        let mut reported = self.reported.lock().await;
-        let now = {
-            let s = lock(&self.stats);
-            [s.local, s.remote, s.fallback]
-        };
-        let delta = [0, 1, 2].map(|i| now[i] - reported[i]);
-        if delta == [0; 3] {
-            return Ok(());
+        let mut rep = self.reported.lock().await;
+        if rep.pending.is_none() {
+            let now = {
+                let s = lock(&self.stats);
+                [s.local, s.remote, s.fallback]
+            };
+            let delta = [0, 1, 2].map(|i| now[i] - rep.acked[i]);
+            if delta == [0; 3] {
+                return Ok(());
+            }
+            rep.pending = Some((rep.next_sequence, delta, now));
+            rep.next_sequence += 1;
         }
+        let Some((sequence, delta, totals)) = rep.pending else {
+            return Ok(());
+        };
         let version = self.bundle().meta.version.clone();
         client
-            .report(&self.settings.model, delta, &version, deadline)
+            .report(
+                &self.settings.model,
+                delta,
+                &version,
+                (rep.instance, sequence),
+                deadline,
+            )
             .await
             .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
-        *reported = now;
+        rep.acked = totals;
+        rep.pending = None;
         Ok(())
     }
 

@@ -9,6 +9,7 @@
 
 use crate::wire::{check_finite, check_shape, decode_raw, ElemType, InputBatch, WireError};
 use offload_proto::inference as pb;
+use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -199,9 +200,10 @@ pub struct RestTensor {
     pub shape: Vec<i64>,
     /// Datatype.
     pub datatype: String,
-    /// Values as (possibly nested) JSON arrays; absent when sent as binary.
+    /// Values as (possibly nested) JSON arrays, flattened while parsing; absent when sent as
+    /// binary.
     #[serde(default)]
-    pub data: Option<Value>,
+    pub data: Option<FlatData>,
     /// Parameters (`binary_data_size`).
     #[serde(default)]
     pub parameters: Option<Map<String, Value>>,
@@ -272,37 +274,83 @@ pub fn rest_input(
         .data
         .as_ref()
         .ok_or_else(|| WireError::Missing("inputs[0].data".into()))?;
-    let mut values = Vec::with_capacity(count);
-    flatten(data, &mut values, 0)?;
-    check_count(&t.shape, dtype, values.len(), count, "inputs[0].data")?;
-    check_finite(&values, "inputs[0].data")?;
-    Ok(InputBatch { rows, values })
+    check_count(&t.shape, dtype, data.0.len(), count, "inputs[0].data")?;
+    check_finite(&data.0, "inputs[0].data")?;
+    Ok(InputBatch {
+        rows,
+        values: data.0.clone(),
+    })
 }
 
-/// Flattens nested JSON arrays of numbers (row-major) into `out`.
-fn flatten(v: &Value, out: &mut Vec<f32>, depth: usize) -> Result<(), WireError> {
-    const MAX_DEPTH: usize = 32;
-    match v {
-        Value::Number(n) => {
-            out.push(n.as_f64().unwrap_or(f64::NAN) as f32);
-            Ok(())
+/// The numbers of a REST tensor's `data`, flattened row-major while the JSON is parsed: no
+/// JSON tree is built, so a body costs about as much memory as its values. Anything but
+/// numbers in (nested, at most 32 deep) arrays is a parse error.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FlatData(pub Vec<f32>);
+
+/// Deepest nesting accepted in `data`.
+const MAX_DEPTH: usize = 32;
+
+impl<'de> Deserialize<'de> for FlatData {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut out = Vec::new();
+        d.deserialize_any(Flatten {
+            out: &mut out,
+            depth: 0,
+        })?;
+        Ok(FlatData(out))
+    }
+}
+
+/// Visitor (and seed, for nested arrays) appending numbers to `out`.
+struct Flatten<'a> {
+    out: &'a mut Vec<f32>,
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Flatten<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Flatten<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("numbers in (nested) arrays")
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.out.push(v as f32);
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.out.push(v as f32);
+        Ok(())
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.out.push(v as f32);
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.depth >= MAX_DEPTH {
+            return Err(de::Error::custom("`data` arrays are nested too deeply"));
         }
-        Value::Array(items) if depth < MAX_DEPTH => {
-            items.iter().try_for_each(|i| flatten(i, out, depth + 1))
-        }
-        other => Err(WireError::Shape {
-            field: "inputs[0].data".into(),
-            reason: format!(
-                "expected numbers in (nested) arrays, found {}",
-                match other {
-                    Value::Array(_) => "arrays nested too deeply",
-                    Value::String(_) => "a string",
-                    Value::Bool(_) => "a boolean",
-                    Value::Null => "null",
-                    _ => "an object",
-                }
-            ),
-        }),
+        let Flatten { out, depth } = self;
+        while seq
+            .next_element_seed(Flatten {
+                out: &mut *out,
+                depth: depth + 1,
+            })?
+            .is_some()
+        {}
+        Ok(())
     }
 }
 
@@ -474,9 +522,10 @@ mod tests {
             if let Some(s) = size {
                 t["parameters"] = serde_json::json!({"binary_data_size": s});
             }
-            let req: RestRequest = serde_json::from_value(serde_json::json!({"inputs": [t]})).unwrap();
-            if let Ok(b) = rest_input(&req, &tail, d, 8) {
-                invariants(&b, d, 8);
+            if let Ok(req) = serde_json::from_value::<RestRequest>(serde_json::json!({"inputs": [t]})) {
+                if let Ok(b) = rest_input(&req, &tail, d, 8) {
+                    invariants(&b, d, 8);
+                }
             }
         }
     }

@@ -150,8 +150,12 @@ pub fn check_shape(
         return Err(bad(format!("dimension {d} in {shape:?} is not positive")));
     }
     let rows = shape[0] as usize;
-    let per_row: u128 = shape[1..].iter().map(|&d| d as u128).product();
-    if per_row != feature_len as u128 {
+    let per_row = shape[1..]
+        .iter()
+        .try_fold(1u128, |acc, &d| acc.checked_mul(d as u128));
+    if per_row != Some(feature_len as u128) {
+        let per_row = per_row.map_or("too many".to_string(), |p| p.to_string());
+        // (`too many values per sample` when the product overflows.)
         return Err(bad(format!(
             "{shape:?} has {per_row} values per sample; the model takes {feature_len}"
         )));
@@ -311,6 +315,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("exceed"));
+        let huge = pb::Tensor {
+            dtype: 1,
+            shape: vec![1, 64, (1 << 61) - (1 << 31) + 1, (1 << 61) + (1 << 31) + 1],
+            raw: vec![],
+        };
+        assert!(decode_input(Some(&huge), 64, 8)
+            .unwrap_err()
+            .to_string()
+            .contains("too many values"));
         let neg = pb::Tensor {
             dtype: 1,
             shape: vec![-1, 2],

@@ -134,8 +134,8 @@ fn edge_clients_never_lose_an_answer_through_delays_drops_stalls_and_restarts() 
         (700, "pass"),
         (850, "stall"),
         (1000, "pass"),
-        (1150, "kill"),
-        (1300, "restart"),
+        (1000, "kill"),
+        (1100, "restart"),
     ]
     .into_iter()
     .peekable();

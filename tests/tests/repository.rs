@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use system_tests::*;
 
 /// Publishes version `to` as a copy of version `from` (same weights), written in a temporary
-/// directory and renamed into place, as a careful publisher would.
-fn publish_copy(model_dir: &Path, from: u64, to: u64) -> PathBuf {
+/// directory and renamed into place, as a careful publisher would; `corrupt` truncates its
+/// weights before publishing.
+fn publish_copy(model_dir: &Path, from: u64, to: u64, corrupt: bool) -> PathBuf {
     let tmp = model_dir.join(format!(".tmp-{to}"));
     std::fs::create_dir_all(&tmp).unwrap();
     for f in std::fs::read_dir(model_dir.join(from.to_string())).unwrap() {
@@ -34,6 +35,11 @@ fn publish_copy(model_dir: &Path, from: u64, to: u64) -> PathBuf {
         } else {
             std::fs::copy(&f, tmp.join(&name)).unwrap();
         }
+    }
+    if corrupt {
+        let w = tmp.join("expert.safetensors");
+        let bytes = std::fs::read(&w).unwrap();
+        std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
     }
     let dst = model_dir.join(to.to_string());
     std::fs::rename(&tmp, &dst).unwrap();
@@ -87,7 +93,7 @@ fn versions_hot_reload_failed_loads_keep_serving_and_admin_api_works() {
     assert!(ready("1"));
 
     // v2 appears on disk: polled in, served beside v1; unpinned requests and bundles go to v2.
-    publish_copy(&model_dir, 1, 2);
+    publish_copy(&model_dir, 1, 2, false);
     wait_until("version 2", || ready("2"));
     let (_, meta) = curl(&[&format!("{http}/v2/models/digits")]);
     assert!(meta.contains(r#""versions":["1","2"]"#), "{meta}");
@@ -122,10 +128,9 @@ fn versions_hot_reload_failed_loads_keep_serving_and_admin_api_works() {
     );
 
     // v3 is broken (truncated weights): it fails to load, v2 keeps serving, the failure is counted.
-    let v3 = publish_copy(&model_dir, 2, 3);
+    let v3 = publish_copy(&model_dir, 2, 3, true);
     let weights = v3.join("expert.safetensors");
-    let good_weights = std::fs::read(&weights).unwrap();
-    std::fs::write(&weights, &good_weights[..good_weights.len() / 2]).unwrap();
+    let good_weights = std::fs::read(model_dir.join("2/expert.safetensors")).unwrap();
     wait_until("the failed load to be counted", || {
         let (_, m) = curl(&[&format!("{http}/metrics")]);
         metric(
@@ -153,6 +158,7 @@ fn versions_hot_reload_failed_loads_keep_serving_and_admin_api_works() {
     };
     let (code, body) = admin("/models/digits/load", "adm");
     assert_eq!(code, 409, "{body}");
+    assert!(body.contains("error"), "{body}");
     assert!(
         body.contains("digits/3") && body.contains("previous versions keep serving"),
         "{body}"
@@ -193,7 +199,7 @@ fn a_broken_newest_version_at_start_falls_back_to_the_previous_one() {
     let legacy = legacy(dir.path(), "multiclass");
     train(dir.path(), &legacy, "digits", &["--epochs", "5"]);
     let repo = dir.path().join("repo");
-    let v2 = publish_copy(&repo.join("digits"), 1, 2);
+    let v2 = publish_copy(&repo.join("digits"), 1, 2, false);
     std::fs::write(v2.join("rejector.onnx"), b"not onnx").unwrap();
     let cloud = CloudProcess::start(&repo, "127.0.0.1:0", &["--keep-versions", "1"]);
     let (code, body) = infer_version(&cloud.http_url(), None);

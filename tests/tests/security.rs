@@ -296,6 +296,7 @@ fn bearer_tokens_authenticate_devices_and_admin_operations_need_their_own_token(
     let f = fixture();
     let cloud = start(f, &["--auth", "token"]);
     let ca = f.ca.pem_path.clone();
+    let stored_digest = format!("sha256:{}", offload_shared::engine::sha256_hex(b"token-a"));
     let codes = rt().block_on(async {
         vec![
             (
@@ -322,6 +323,10 @@ fn bearer_tokens_authenticate_devices_and_admin_operations_need_their_own_token(
                 "device b, own model",
                 infer(&cloud.addr, &ca, None, Some("token-b"), "digits-b").await,
             ),
+            (
+                "the stored digest of a token is not the token",
+                infer(&cloud.addr, &ca, None, Some(&stored_digest), "digits").await,
+            ),
         ]
     });
     let want = [
@@ -331,6 +336,7 @@ fn bearer_tokens_authenticate_devices_and_admin_operations_need_their_own_token(
         Code::Unauthenticated,
         Code::PermissionDenied,
         Code::Ok,
+        Code::Unauthenticated,
     ];
     for ((name, got), want) in codes.iter().zip(want) {
         assert_eq!(*got, want, "{name}");

@@ -212,7 +212,7 @@ fn bad_input_gets_its_own_status_over_rest_and_grpc() {
             "string in data",
             post(&json("[1,64]", "FP32", r#"["a"]"#)),
             400,
-            "a string",
+            "expected numbers in (nested) arrays",
         ),
         (
             "NaN in binary data",
@@ -402,45 +402,55 @@ fn bad_input_gets_its_own_status_over_rest_and_grpc() {
 
 #[test]
 fn rate_and_queue_limits_answer_429_and_503_with_their_metrics() {
-    let (_, _, repo) = fixture();
+    let (dir, _, repo) = fixture();
+    let creds = dir.path().join("rate-credentials.toml");
+    std::fs::write(
+        &creds,
+        "[[devices]]\nid = \"greedy\"\ntoken = \"g\"\nmodels = [\"*\"]\n[[devices]]\nid = \"polite\"\ntoken = \"p\"\nmodels = [\"*\"]\n",
+    )
+    .unwrap();
+    // A bucket of 3 that refills once every 100 s: timing cannot matter.
     let cloud = CloudProcess::start(
         repo,
         "127.0.0.1:0",
         &[
+            "--auth",
+            "token",
+            "--credentials",
+            creds.to_str().unwrap(),
             "--rate-per-device",
-            "2",
+            "0.01",
             "--rate-burst",
             "3",
-            "--queue-depth",
-            "1",
-            "--expert-delay-ms",
-            "100",
         ],
     );
     let good = format!(
         r#"{{"inputs":[{{"name":"input","shape":[1,64],"datatype":"FP32","data":{:?}}}]}}"#,
         vec![1.0f32; 64]
     );
-    // Rate: one unauthenticated client (keyed "anonymous") sends 6 requests at once.
-    let codes: Vec<u16> = (0..6)
+    let infer = format!("{}/v2/models/digits/infer", cloud.http_url());
+    let codes: Vec<u16> = (0..5)
         .map(|_| {
             curl(&[
                 "-X",
                 "POST",
-                &format!("{}/v2/models/digits/infer", cloud.http_url()),
+                &infer,
+                "-H",
+                "authorization: Bearer g",
                 "-d",
                 &good,
             ])
             .0
         })
         .collect();
-    assert!(codes.contains(&429), "{codes:?}");
-    assert!(codes.contains(&200), "{codes:?}");
+    assert_eq!(codes, [200, 200, 200, 429, 429]);
     let (_, headers) = curl(&[
         "-i",
         "-X",
         "POST",
-        &format!("{}/v2/models/digits/infer", cloud.http_url()),
+        &infer,
+        "-H",
+        "authorization: Bearer g",
         "-d",
         &good,
     ]);
@@ -448,31 +458,69 @@ fn rate_and_queue_limits_answer_429_and_503_with_their_metrics() {
         headers.to_lowercase().contains("retry-after: 1"),
         "{headers}"
     );
-    // gRPC: a device over its rate gets RESOURCE_EXHAUSTED; another device is unaffected.
-    let (mut exhausted, mut other_ok) = (0, false);
-    rt().block_on(async {
+    // gRPC: the same device is still over its rate; another device is unaffected.
+    let codes = rt().block_on(async {
         let mut c = opb::expert_client::ExpertClient::connect(cloud.url())
             .await
             .unwrap();
-        let req = |dev: &str| opb::InferRequest {
-            model: "digits".into(),
-            device_id: dev.into(),
-            input: Some(offload_shared::wire::encode_f32(&[1.0; 64], &[1, 64])),
-            ..Default::default()
-        };
-        for _ in 0..6 {
-            if let Err(s) = c.infer(req("greedy")).await {
-                assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
-                exhausted += 1;
-            }
+        let mut out = Vec::new();
+        for token in ["g", "g", "p"] {
+            let mut req = tonic::Request::new(opb::InferRequest {
+                model: "digits".into(),
+                input: Some(offload_shared::wire::encode_f32(&[1.0; 64], &[1, 64])),
+                ..Default::default()
+            });
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            out.push(c.infer(req).await.map(|_| ()).map_err(|s| s.code()));
         }
-        other_ok = c.infer(req("polite")).await.is_ok();
+        out
     });
-    assert!(exhausted >= 2 && other_ok, "{exhausted} {other_ok}");
+    assert_eq!(
+        codes,
+        [
+            Err(Code::ResourceExhausted),
+            Err(Code::ResourceExhausted),
+            Ok(())
+        ]
+    );
     let (_, metrics) = curl(&[&format!("{}/metrics", cloud.http_url())]);
-    assert!(
-        metric(&metrics, r#"cloud_rejected_total{limit="rate"}"#).unwrap_or(0.0) >= 4.0,
+    assert_eq!(
+        metric(&metrics, r#"cloud_rejected_total{limit="rate"}"#),
+        Some(5.0),
         "{metrics}"
+    );
+    // Unauthenticated clients are limited by address: rotating the declared device id buys
+    // nothing.
+    let open = CloudProcess::start(
+        repo,
+        "127.0.0.1:0",
+        &["--rate-per-device", "0.01", "--rate-burst", "2"],
+    );
+    let codes = rt().block_on(async {
+        let mut c = opb::expert_client::ExpertClient::connect(open.url())
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        for i in 0..4 {
+            let req = opb::InferRequest {
+                model: "digits".into(),
+                device_id: format!("fresh-id-{i}"),
+                input: Some(offload_shared::wire::encode_f32(&[1.0; 64], &[1, 64])),
+                ..Default::default()
+            };
+            out.push(c.infer(req).await.map(|_| ()).map_err(|s| s.code()));
+        }
+        out
+    });
+    assert_eq!(
+        codes,
+        [
+            Ok(()),
+            Ok(()),
+            Err(Code::ResourceExhausted),
+            Err(Code::ResourceExhausted)
+        ]
     );
     // Queue: depth 1 and a 100 ms expert; many devices at once overflow it -> UNAVAILABLE.
     let cloud = CloudProcess::start(

@@ -121,11 +121,19 @@ pub enum AuthConfigError {
     Invalid(String),
 }
 
-fn digest(token: &str) -> String {
+/// Digest of a token as written in the configuration: `sha256:<hex>` is taken as the digest
+/// itself, anything else is the secret.
+fn configured_digest(token: &str) -> String {
     match token.strip_prefix("sha256:") {
         Some(hex) => hex.to_ascii_lowercase(),
         None => sha256_hex(token.as_bytes()),
     }
+}
+
+/// Digest of a token a client presented: always hashed, so knowing a stored digest (which the
+/// credentials file may contain in the clear) is not enough to log in.
+fn presented_digest(token: &str) -> String {
+    sha256_hex(token.as_bytes())
 }
 
 impl Auth {
@@ -135,7 +143,7 @@ impl Auth {
             mode: AuthMode::None,
             grants: HashMap::new(),
             tokens: HashMap::new(),
-            admin: admin_tokens.iter().map(|t| digest(t)).collect(),
+            admin: admin_tokens.iter().map(|t| configured_digest(t)).collect(),
         }
     }
 
@@ -174,7 +182,11 @@ impl Auth {
                 )));
             }
             if let Some(t) = &d.token {
-                if auth.tokens.insert(digest(t), d.id.clone()).is_some() {
+                if auth
+                    .tokens
+                    .insert(configured_digest(t), d.id.clone())
+                    .is_some()
+                {
                     return Err(AuthConfigError::Invalid(format!(
                         "device `{}` shares its token with another device",
                         d.id
@@ -199,7 +211,7 @@ impl Auth {
 
     /// Accepts one more admin token.
     pub fn add_admin_token(&mut self, token: &str) {
-        self.admin.insert(digest(token));
+        self.admin.insert(configured_digest(token));
     }
 
     /// The mode.
@@ -218,7 +230,7 @@ impl Auth {
             AuthMode::Token => {
                 let token = bearer(authorization)?;
                 self.tokens
-                    .get(&digest(token))
+                    .get(&presented_digest(token))
                     .cloned()
                     .ok_or_else(|| ServeError::Unauthenticated("unknown bearer token".into()))?
             }
@@ -270,9 +282,10 @@ impl Auth {
             ));
         }
         let token = bearer(authorization)?;
-        if self.admin.contains(&digest(token)) {
+        let d = presented_digest(token);
+        if self.admin.contains(&d) {
             Ok(())
-        } else if self.tokens.contains_key(&digest(token)) {
+        } else if self.tokens.contains_key(&d) {
             Err(ServeError::Forbidden(
                 "a device token cannot be used for administrative operations".into(),
             ))

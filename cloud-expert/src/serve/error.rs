@@ -6,11 +6,13 @@
 //! | rows over `--max-rows` | INVALID_ARGUMENT | 422 |
 //! | body over `--max-message-bytes` | OUT_OF_RANGE (tonic) | 413 |
 //! | model queue full (`--queue-depth`) | UNAVAILABLE | 503 + Retry-After |
+//! | requests in flight over `--max-in-flight` | UNAVAILABLE | 503 + Retry-After |
 //! | device over `--rate-per-device` | RESOURCE_EXHAUSTED | 429 + Retry-After |
 //! | no/invalid credential | UNAUTHENTICATED | 401 |
 //! | model not allowed for this device, or admin-only | PERMISSION_DENIED | 403 |
 //! | unknown model or version | NOT_FOUND | 404 |
 //! | bundle for another legacy model | FAILED_PRECONDITION | 412 |
+//! | admin load: a version failed to load (previous ones serve) | FAILED_PRECONDITION | 409 |
 //! | client deadline passed before compute | DEADLINE_EXCEEDED | 504 |
 //! | server shutting down / not ready | UNAVAILABLE | 503 |
 //! | anything else (details only in the log) | INTERNAL | 500 |
@@ -49,6 +51,9 @@ pub enum ServeError {
         "model `{0}` is overloaded: exceeds maximum queue size; retry later or answer locally"
     )]
     Overloaded(String),
+    /// More requests in flight than `--max-in-flight`.
+    #[error("server is at its limit of {0} requests in flight; retry later or answer locally")]
+    TooBusy(usize),
     /// The device sent more requests than its rate allows.
     #[error("device `{0}` exceeds its request rate; retry later")]
     RateLimited(String),
@@ -64,6 +69,9 @@ pub enum ServeError {
     /// Shutting down or not yet ready.
     #[error("server is not ready")]
     NotReady,
+    /// An administrative load found versions that do not load (the previous ones keep serving).
+    #[error("{0}")]
+    LoadFailed(String),
     /// Anything else; details are logged, not sent.
     #[error("internal error")]
     Internal(String),
@@ -82,6 +90,7 @@ impl ServeError {
             ServeError::Input(WireError::TooManyRows { .. }) => Some("batch_rows"),
             ServeError::TooLarge { .. } => Some("message_size"),
             ServeError::Overloaded(_) => Some("queue_full"),
+            ServeError::TooBusy(_) => Some("in_flight"),
             ServeError::RateLimited(_) => Some("rate"),
             _ => None,
         }
@@ -94,8 +103,10 @@ impl ServeError {
             ServeError::Input(_) | ServeError::Body(_) => Code::InvalidArgument,
             ServeError::TooLarge { .. } => Code::OutOfRange,
             ServeError::NotFound(_) => Code::NotFound,
-            ServeError::Precondition(_) => Code::FailedPrecondition,
-            ServeError::Overloaded(_) | ServeError::NotReady => Code::Unavailable,
+            ServeError::Precondition(_) | ServeError::LoadFailed(_) => Code::FailedPrecondition,
+            ServeError::Overloaded(_) | ServeError::TooBusy(_) | ServeError::NotReady => {
+                Code::Unavailable
+            }
             ServeError::RateLimited(_) => Code::ResourceExhausted,
             ServeError::Unauthenticated(_) => Code::Unauthenticated,
             ServeError::Forbidden(_) => Code::PermissionDenied,
@@ -112,7 +123,10 @@ impl ServeError {
             ServeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ServeError::NotFound(_) => StatusCode::NOT_FOUND,
             ServeError::Precondition(_) => StatusCode::PRECONDITION_FAILED,
-            ServeError::Overloaded(_) | ServeError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ServeError::LoadFailed(_) => StatusCode::CONFLICT,
+            ServeError::Overloaded(_) | ServeError::TooBusy(_) | ServeError::NotReady => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ServeError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ServeError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ServeError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -161,7 +175,10 @@ impl IntoResponse for ServeError {
         let status = self.http_status();
         let retry = matches!(
             self,
-            ServeError::Overloaded(_) | ServeError::RateLimited(_) | ServeError::NotReady
+            ServeError::Overloaded(_)
+                | ServeError::TooBusy(_)
+                | ServeError::RateLimited(_)
+                | ServeError::NotReady
         );
         let body = axum::Json(serde_json::json!({ "error": self.public_message() }));
         if retry {

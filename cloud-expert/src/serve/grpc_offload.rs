@@ -24,6 +24,7 @@ impl ExpertService {
         r: pb::InferRequest,
     ) -> Result<pb::InferResponse, ServeError> {
         let (_, entry) = self.state.admit(call, &r.model, &r.version)?;
+        let _permit = self.state.permit()?;
         let batch = decode_input(r.input.as_ref(), entry.feature_len(), self.state.max_rows)?;
         let out = self.state.run(call, &entry, batch).await?;
         let labels = out
@@ -166,6 +167,17 @@ impl TelemetryService {
                 r.model
             )));
         }
+        if r.sequence > 0
+            && !self
+                .state
+                .telemetry_seen
+                .first_time(&r.device_id, r.instance, r.sequence)
+        {
+            return Ok(pb::TelemetryAck {
+                accepted: true,
+                duplicate: true,
+            });
+        }
         let fleet = &self.state.metrics.fleet;
         fleet
             .with_label_values(&[&r.model, "local"])
@@ -177,7 +189,10 @@ impl TelemetryService {
             .with_label_values(&[&r.model, "fallback"])
             .inc_by(r.fallback);
         tracing::debug!(device = %r.device_id, model = %r.model, local = r.local, offloaded = r.offloaded, fallback = r.fallback, bundle = %r.bundle_version, "telemetry");
-        Ok(pb::TelemetryAck { accepted: true })
+        Ok(pb::TelemetryAck {
+            accepted: true,
+            duplicate: false,
+        })
     }
 }
 

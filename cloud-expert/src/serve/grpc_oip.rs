@@ -14,8 +14,11 @@ use tracing::Instrument;
 /// Name reported by ServerMetadata.
 pub const SERVER_NAME: &str = "cloud-expert";
 
-/// Protocol extensions reported by ServerMetadata.
-pub const EXTENSIONS: &[&str] = &["model_repository", "binary_tensor_data"];
+/// Protocol extensions reported by gRPC ServerMetadata.
+pub const EXTENSIONS: &[&str] = &["binary_tensor_data"];
+
+/// Protocol extensions reported by REST `GET /v2` (the repository API is REST-only).
+pub const REST_EXTENSIONS: &[&str] = &["binary_tensor_data", "model_repository"];
 
 /// The v2 gRPC service.
 #[derive(Debug, Clone)]
@@ -96,11 +99,11 @@ impl OipService {
         call: &mut Call,
         r: pb::ModelInferRequest,
     ) -> Result<pb::ModelInferResponse, ServeError> {
-        if let Some(t) = timeout_param(&r) {
-            let d = call.started + t;
+        if let Some(d) = timeout_param(&r).and_then(|t| call.started.checked_add(t)) {
             call.deadline = Some(call.deadline.map_or(d, |c| c.min(d)));
         }
         let (_, entry) = self.state.admit(call, &r.model_name, &r.model_version)?;
+        let _permit = self.state.permit()?;
         let batch = oip::grpc_input(&r, entry.feature_len(), self.state.max_rows)?;
         let rows = batch.rows;
         let out = self.state.run(call, &entry, batch).await?;
@@ -179,8 +182,9 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for OipService {
         let r = req.into_inner();
         let model = r.model_name.clone();
         let span = call.span(&model);
+        let recorder = self.state.recorder(&call, &model);
         let result = self.infer(&mut call, r).instrument(span).await;
-        self.state.record(&call, &model, &result);
+        recorder.finish(&result);
         result.map(Response::new).map_err(ServeError::into_status)
     }
 }

@@ -4,7 +4,7 @@
 //! `{"error": "..."}` with the status from [`ServeError`].
 
 use super::error::ServeError;
-use super::grpc_oip::{model_metadata, model_ready, EXTENSIONS, SERVER_NAME};
+use super::grpc_oip::{model_metadata, model_ready, REST_EXTENSIONS, SERVER_NAME};
 use super::state::{Call, ServerState};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -110,7 +110,7 @@ async fn health_ready(State(s): State<Arc<ServerState>>) -> StatusCode {
 
 async fn server_metadata() -> Json<serde_json::Value> {
     Json(serde_json::json!({
-        "name": SERVER_NAME, "version": env!("CARGO_PKG_VERSION"), "extensions": EXTENSIONS,
+        "name": SERVER_NAME, "version": env!("CARGO_PKG_VERSION"), "extensions": REST_EXTENSIONS,
     }))
 }
 
@@ -234,10 +234,11 @@ async fn infer(
     body: Body,
 ) -> Response {
     let c = call("ModelInfer", &headers, peer);
+    let recorder = s.recorder(&c, &model);
     let result = infer_inner(&s, &c, &model, &version, &headers, body)
         .instrument(c.span(&model))
         .await;
-    s.record(&c, &model, &result);
+    recorder.finish(&result);
     match result {
         Ok(r) if r.binary.is_empty() => Json(r.json).into_response(),
         Ok(r) => {
@@ -266,6 +267,7 @@ async fn infer_inner(
     body: Body,
 ) -> Result<oip::RestResponse, ServeError> {
     let (_, entry) = s.admit(c, model, version)?;
+    let _permit = s.permit()?;
     let bytes = read_body(headers, body, s.max_message_bytes).await?;
     let header_len = headers
         .get(HEADER_LEN)
@@ -326,36 +328,42 @@ async fn repository_load(
     Path(model): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
-    if let Err(e) = s.auth.authorize_admin(auth) {
-        return e.into_response();
+    match repository_load_inner(&s, &model, &headers).await {
+        Ok(report) => Json(serde_json::json!(report)).into_response(),
+        Err(e) => e.into_response(),
     }
+}
+
+async fn repository_load_inner(
+    s: &ServerState,
+    model: &str,
+    headers: &HeaderMap,
+) -> Result<super::registry::ReloadReport, ServeError> {
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+    s.auth.authorize_admin(auth)?;
     if model.contains(['/', '\\']) || model.starts_with('.') {
-        return ServeError::Body(format!("`{model}` is not a model name")).into_response();
+        return Err(ServeError::Body(format!("`{model}` is not a model name")));
     }
     let registry = s.registry.clone();
-    let name = model.clone();
-    let report = tokio::task::spawn_blocking(move || registry.load_model(&name)).await;
-    match report {
-        Ok(Ok(r)) if r.failed.is_empty() && s.registry.contains(&model) => {
-            Json(serde_json::json!(r)).into_response()
-        }
-        Ok(Ok(r)) if s.registry.contains(&model) => (
-            StatusCode::CONFLICT,
-            Json(serde_json::json!({
-                "error": format!("a version failed to load; the previous versions keep serving: {}", r.failed.join("; ")),
-                "report": r,
-            })),
-        )
-            .into_response(),
-        Ok(Ok(r)) => ServeError::NotFound(if r.failed.is_empty() {
-            format!("no trained version of model `{model}` in the repository")
-        } else {
-            format!("model `{model}` failed to load: {}", r.failed.join("; "))
-        })
-        .into_response(),
-        Ok(Err(e)) => ServeError::NotFound(e.to_string()).into_response(),
-        Err(e) => ServeError::Internal(e.to_string()).into_response(),
+    let name = model.to_string();
+    let report = tokio::task::spawn_blocking(move || registry.load_model(&name))
+        .await
+        .map_err(|e| ServeError::Internal(e.to_string()))?
+        .map_err(|e| ServeError::Internal(e.to_string()))?;
+    match (report.failed.is_empty(), s.registry.contains(model)) {
+        (true, true) => Ok(report),
+        (true, false) => Err(ServeError::NotFound(format!(
+            "no trained version of model `{model}` in the repository"
+        ))),
+        (false, serving) => Err(ServeError::LoadFailed(format!(
+            "{}; {}",
+            report.failed.join("; "),
+            if serving {
+                "the previous versions keep serving"
+            } else {
+                "nothing of this model is served"
+            }
+        ))),
     }
 }
 

@@ -104,3 +104,63 @@ mod tests {
         assert!(l.buckets.lock().unwrap().len() <= 4);
     }
 }
+
+/// The newest telemetry report sequence added per (device, instance), so a report resent after a
+/// lost acknowledgement is added once. Bounded like the rate buckets: when full, the oldest
+/// half of the entries (by last use) is dropped.
+#[derive(Debug)]
+pub struct ReportDedup {
+    max: usize,
+    seen: Mutex<HashMap<(String, u64), (u64, Instant)>>,
+}
+
+impl ReportDedup {
+    /// Remembers at most `max` device instances.
+    pub fn new(max: usize) -> Self {
+        Self {
+            max: max.max(2),
+            seen: Mutex::default(),
+        }
+    }
+
+    /// True when `sequence` is newer than anything added for (device, instance); records it.
+    pub fn first_time(&self, device: &str, instance: u64, sequence: u64) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if let Some((last, used)) = seen.get_mut(&(device.to_string(), instance)) {
+            *used = now;
+            if sequence <= *last {
+                return false;
+            }
+            *last = sequence;
+            return true;
+        }
+        if seen.len() >= self.max {
+            let mut ages: Vec<Instant> = seen.values().map(|(_, t)| *t).collect();
+            ages.sort_unstable();
+            let cut = ages[ages.len() / 2];
+            seen.retain(|_, (_, t)| *t > cut);
+        }
+        seen.insert((device.to_string(), instance), (sequence, now));
+        true
+    }
+}
+
+#[cfg(test)]
+mod dedup_tests {
+    use super::*;
+
+    #[test]
+    fn resent_reports_count_once_and_new_instances_start_over() {
+        let d = ReportDedup::new(4);
+        assert!(d.first_time("a", 1, 1));
+        assert!(!d.first_time("a", 1, 1));
+        assert!(d.first_time("a", 1, 2));
+        assert!(d.first_time("a", 2, 1), "a restarted device");
+        assert!(d.first_time("b", 1, 1));
+        for i in 0..20 {
+            d.first_time(&format!("x{i}"), 0, 1);
+        }
+        assert!(d.seen.lock().unwrap().len() <= 4);
+    }
+}

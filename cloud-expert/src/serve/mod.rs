@@ -32,6 +32,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// gRPC services reported by `grpc.health.v1` (besides the server as a whole, "").
+const SERVICES: [&str; 4] = [
+    "offload.v1.Expert",
+    "offload.v1.ModelSync",
+    "offload.v1.Telemetry",
+    "inference.GRPCInferenceService",
+];
+
 /// Validated serving configuration.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -55,11 +63,16 @@ pub struct ServeConfig {
     pub auth: auth::Auth,
     /// TLS (both listeners) when set.
     pub tls: Option<tls::TlsSettings>,
+    /// Most requests being decoded or computed at once (beyond: UNAVAILABLE / 503).
+    pub max_in_flight: usize,
+    /// Most concurrent HTTP/2 streams per gRPC connection.
+    pub max_streams_per_connection: u32,
 }
 
 impl ServeConfig {
     /// Defaults for everything but the repository and batching: 64 rows, 4 MiB messages,
-    /// 5 s grace, 2 versions, no polling, no rate limit, no authentication, no TLS.
+    /// 5 s grace, 2 versions, no polling, no rate limit, no authentication, no TLS, 4096
+    /// requests in flight, 256 streams per connection.
     pub fn new(repo: PathBuf, batch: BatchConfig) -> Self {
         Self {
             repo,
@@ -72,6 +85,8 @@ impl ServeConfig {
             rate: None,
             auth: auth::Auth::open(&[]),
             tls: None,
+            max_in_flight: 4096,
+            max_streams_per_connection: 256,
         }
     }
 }
@@ -92,7 +107,7 @@ pub(crate) fn grpc_call<T>(
     method: &'static str,
 ) -> Call {
     let mut c = Call::new(protocol, method);
-    c.deadline = grpc_timeout(req).map(|t| c.started + t);
+    c.deadline = grpc_timeout(req).and_then(|t| c.started.checked_add(t));
     c.peer = req.remote_addr().map(|a| a.ip());
     c.authorization = req
         .metadata()
@@ -105,14 +120,18 @@ pub(crate) fn grpc_call<T>(
     c
 }
 
-/// Reads the client's `grpc-timeout` header (e.g. `100m`, `5S`) as a duration.
+/// Reads the client's `grpc-timeout` header (e.g. `100m`, `5S`) as a duration. The gRPC spec
+/// allows at most 8 digits; anything else (or a value that overflows) is ignored, never trusted.
 fn grpc_timeout<T>(req: &tonic::Request<T>) -> Option<Duration> {
     let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
     let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    if num.is_empty() || num.len() > 8 {
+        return None;
+    }
     let n: u64 = num.parse().ok()?;
     Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
         "S" => Duration::from_secs(n),
         "m" => Duration::from_millis(n),
         "u" => Duration::from_micros(n),
@@ -149,6 +168,10 @@ pub async fn run(
         max_rows: cfg.max_rows,
         max_message_bytes: cfg.max_message_bytes,
         ready: Default::default(),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(cfg.max_in_flight)),
+        max_in_flight: cfg.max_in_flight,
+        telemetry_seen: limits::ReportDedup::new(100_000),
+        render_lock: Default::default(),
     });
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
@@ -179,12 +202,7 @@ pub async fn run(
     reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
-    for name in [
-        "offload.v1.Expert",
-        "offload.v1.ModelSync",
-        "offload.v1.Telemetry",
-        "inference.GRPCInferenceService",
-    ] {
+    for name in SERVICES {
         reporter
             .set_service_status(name, tonic_health::ServingStatus::Serving)
             .await;
@@ -214,7 +232,7 @@ pub async fn run(
             Some(match &cfg.tls {
                 Some(t) => {
                     let tls = t.http().map_err(|e| CloudError::Config(e.to_string()))?;
-                    tokio::spawn(tls::serve_https(listener, app, tls, stop))
+                    tokio::spawn(tls::serve_https(listener, app, tls, stop, cfg.grace))
                 }
                 None => tokio::spawn(async move {
                     use axum::serve::ListenerExt;
@@ -243,16 +261,16 @@ pub async fn run(
             shutdown.await;
             tracing::info!("shutting down: NOT_SERVING, draining in-flight requests");
             state.ready.store(false, Ordering::Release);
-            reporter
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
-            reporter
-                .set_service_status("offload.v1.Expert", tonic_health::ServingStatus::NotServing)
-                .await;
+            for name in std::iter::once("").chain(SERVICES) {
+                reporter
+                    .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
             let _ = stop_tx.send(true);
         }
     };
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(cfg.max_streams_per_connection));
     if let Some(t) = &cfg.tls {
         builder = builder
             .tls_config(t.grpc().map_err(|e| CloudError::Config(e.to_string()))?)
@@ -354,4 +372,28 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grpc_timeout;
+    use std::time::Duration;
+
+    fn with(v: &str) -> Option<Duration> {
+        let mut r = tonic::Request::new(());
+        r.metadata_mut().insert("grpc-timeout", v.parse().unwrap());
+        grpc_timeout(&r)
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_and_absurd_ones_are_ignored() {
+        assert_eq!(with("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(
+            with("99999999H"),
+            Some(Duration::from_secs(99_999_999 * 3600))
+        );
+        assert_eq!(with("18446744073709551615S"), None, "more than 8 digits");
+        assert_eq!(with("5x"), None);
+        assert_eq!(with("m"), None);
+    }
 }

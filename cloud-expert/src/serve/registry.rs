@@ -204,7 +204,11 @@ impl Registry {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         for name in names.difference(&skipped) {
-            self.reload_locked(name, false, &mut report)?;
+            // One unreadable model directory must not stop the others from (re)loading.
+            if let Err(e) = self.reload_locked(name, false, &mut report) {
+                tracing::error!(model = %name, error = %e, "cannot read model directory");
+                report.failed.push(format!("{name}: {e}"));
+            }
         }
         Ok(report)
     }
@@ -341,9 +345,13 @@ impl Registry {
                 path.display()
             )));
         }
-        if rejector.expert_version != expert.version || rejector.version != expert.version {
+        let dir_name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if rejector.expert_version != expert.version
+            || rejector.version != expert.version
+            || rejector.version != dir_name
+        {
             return Err(CloudError::Load(format!(
-                "{}: rejector (version {}, trained for expert {}) and expert (version {}) are not a pair",
+                "{}: rejector (version {}, trained for expert {}) and expert (version {}) are not a pair of this version directory",
                 dir.display(),
                 rejector.version,
                 rejector.expert_version,

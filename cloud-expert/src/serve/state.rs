@@ -31,6 +31,42 @@ pub struct ServerState {
     pub max_message_bytes: usize,
     /// True once warm, false again when shutdown begins.
     pub ready: AtomicBool,
+    /// Permits for requests being decoded or computed (`--max-in-flight`): bounds the memory
+    /// requests can hold before the per-model queues apply.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// The `in_flight` capacity.
+    pub max_in_flight: usize,
+    /// Telemetry reports already added (resends after a lost ack count once).
+    pub telemetry_seen: super::limits::ReportDedup,
+    /// Serialises `/metrics` rendering (the scrape-time gauges are reset and refilled).
+    pub render_lock: std::sync::Mutex<()>,
+}
+
+/// Records a call when finished, or as `cancelled` if the handler is dropped first (client
+/// went away, or tonic's `grpc-timeout` fired).
+#[derive(Debug)]
+pub struct Recorder<'a> {
+    state: &'a ServerState,
+    call: Call,
+    model: String,
+    done: bool,
+}
+
+impl Recorder<'_> {
+    /// Records the result.
+    pub fn finish<T>(mut self, result: &Result<T, ServeError>) {
+        self.state.record(&self.call, &self.model, result);
+        self.done = true;
+    }
+}
+
+impl Drop for Recorder<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.state
+                .observe_status(&self.call, &self.model, "cancelled");
+        }
+    }
 }
 
 /// What a front end knows about one call before decoding it.
@@ -48,7 +84,7 @@ pub struct Call {
     pub authorization: Option<String>,
     /// The client certificate's common name, if any.
     pub cert_identity: Option<String>,
-    /// Device id the client declared (used for rate limiting when unauthenticated).
+    /// Device id the client declared (logged; never trusted for limits).
     pub declared_device: Option<String>,
     /// The client's address (the rate-limit key of last resort).
     pub peer: Option<std::net::IpAddr>,
@@ -84,6 +120,24 @@ impl Call {
 }
 
 impl ServerState {
+    /// A recorder for `call` on `model`.
+    pub fn recorder(&self, call: &Call, model: &str) -> Recorder<'_> {
+        Recorder {
+            state: self,
+            call: call.clone(),
+            model: model.to_string(),
+            done: false,
+        }
+    }
+
+    /// Takes an in-flight permit or refuses at once (load shedding, never queueing).
+    pub fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ServeError> {
+        self.in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ServeError::TooBusy(self.max_in_flight))
+    }
+
     /// Whether the server accepts inference now.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
@@ -108,11 +162,12 @@ impl ServerState {
             return Err(ServeError::NotReady);
         }
         if let Some(rate) = &self.rate {
-            // Authenticated identity, else the declared device id, else the client address.
-            let key = match (who.device(), call.declared_device.as_deref(), call.peer) {
-                (Some(d), _, _) | (None, Some(d), _) => d.to_string(),
-                (None, None, Some(ip)) => ip.to_string(),
-                (None, None, None) => "anonymous".to_string(),
+            // The authenticated identity, else the client address: a declared device id is
+            // client-chosen, so rotating it must not buy fresh buckets.
+            let key = match (who.device(), call.peer) {
+                (Some(d), _) => d.to_string(),
+                (None, Some(ip)) => ip.to_string(),
+                (None, None) => "anonymous".to_string(),
             };
             if !rate.allow(&key) {
                 return Err(ServeError::RateLimited(key));
@@ -156,11 +211,6 @@ impl ServerState {
 
     /// Records a finished call in the metrics (the one place requests are counted).
     pub fn record<T>(&self, call: &Call, model: &str, result: &Result<T, ServeError>) {
-        let model = if model.is_empty() || self.registry.contains(model) {
-            model
-        } else {
-            "_unknown"
-        };
         let status = match result {
             Ok(_) => "ok",
             Err(e) => {
@@ -169,6 +219,16 @@ impl ServerState {
                 }
                 code_label(e.code())
             }
+        };
+        self.observe_status(call, model, status);
+    }
+
+    fn observe_status(&self, call: &Call, model: &str, status: &str) {
+        // Only served model names become labels (bounded cardinality).
+        let model = if model.is_empty() || self.registry.contains(model) {
+            model
+        } else {
+            "_unknown"
         };
         self.metrics.observe(
             call.protocol,
@@ -181,6 +241,7 @@ impl ServerState {
 
     /// Refreshes the gauges that are read at scrape time and renders every metric.
     pub fn render_metrics(&self) -> String {
+        let _serial = self.render_lock.lock().unwrap_or_else(|p| p.into_inner());
         self.metrics.queue_depth.reset();
         self.metrics.versions_loaded.reset();
         for (name, versions) in self.registry.snapshot() {

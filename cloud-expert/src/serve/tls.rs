@@ -127,18 +127,21 @@ impl TlsSettings {
     }
 }
 
-/// Serves `app` over TLS on `listener` until `shutdown` resolves; each request carries the
-/// client certificate's common name as a [`PeerIdentity`] extension. Handshakes that fail
-/// (wrong CA, no certificate where one is required, plaintext) close only their connection.
+/// Serves `app` over TLS on `listener` until `shutdown` resolves, then lets open connections
+/// finish their requests for up to `grace`; each request carries the client certificate's common
+/// name as a [`PeerIdentity`] extension and the client address as `ConnectInfo`. Handshakes that
+/// fail (wrong CA, no certificate where one is required, plaintext) close only their connection.
 pub async fn serve_https(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     config: Arc<rustls::ServerConfig>,
     shutdown: impl std::future::Future<Output = ()>,
+    grace: Duration,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use tower::ServiceExt;
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -150,11 +153,12 @@ pub async fn serve_https(
                     continue;
                 }
             },
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
             let tls =
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
@@ -178,9 +182,11 @@ pub async fn serve_https(
                 req
             });
             let svc = hyper_util::service::TowerToHyperService::new(svc);
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), svc)
-                .await;
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(tls), svc);
+            let _ = watcher.watch(conn.into_owned()).await;
         });
     }
+    // Stop accepting; let in-flight requests finish (connections close after their response).
+    let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
 }

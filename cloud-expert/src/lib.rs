@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod evaluate;
 pub mod legacy_model;
+pub mod llm;
 pub mod nets;
 pub mod plot;
 pub mod report;

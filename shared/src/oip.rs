@@ -63,20 +63,68 @@ fn select_outputs<'a>(
     Ok(out)
 }
 
-fn check_single_input(n: usize, name: &str) -> Result<(), WireError> {
-    if n != 1 {
-        return Err(WireError::Shape {
-            field: "inputs".into(),
-            reason: format!("{n} input tensors; the model takes exactly one, `{INPUT}`"),
-        });
+/// What both encodings of an input tensor carry in their header.
+trait InputHeader {
+    fn name(&self) -> &str;
+    fn datatype(&self) -> &str;
+    fn shape(&self) -> &[i64];
+}
+
+impl InputHeader for pb::model_infer_request::InferInputTensor {
+    fn name(&self) -> &str {
+        &self.name
     }
-    if name != INPUT {
+    fn datatype(&self) -> &str {
+        &self.datatype
+    }
+    fn shape(&self) -> &[i64] {
+        &self.shape
+    }
+}
+
+impl InputHeader for RestTensor {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn datatype(&self) -> &str {
+        &self.datatype
+    }
+    fn shape(&self) -> &[i64] {
+        &self.shape
+    }
+}
+
+/// Validates the request's single input tensor header: exactly one input named [`INPUT`], a
+/// supported datatype, a shape fitting the model. Returns the tensor, its element type and rows.
+fn single_input<T: InputHeader>(
+    inputs: &[T],
+    feature_len: usize,
+    max_rows: usize,
+) -> Result<(&T, ElemType, usize), WireError> {
+    let t = match inputs {
+        [t] => t,
+        _ => {
+            return Err(WireError::Shape {
+                field: "inputs".into(),
+                reason: format!(
+                    "{} input tensors; the model takes exactly one, `{INPUT}`",
+                    inputs.len()
+                ),
+            })
+        }
+    };
+    if t.name() != INPUT {
         return Err(WireError::Shape {
             field: "inputs[0].name".into(),
-            reason: format!("unknown input `{name}`; the model's input is `{INPUT}`"),
+            reason: format!(
+                "unknown input `{}`; the model's input is `{INPUT}`",
+                t.name()
+            ),
         });
     }
-    Ok(())
+    let dtype = ElemType::from_oip(t.datatype(), "inputs[0].datatype")?;
+    let rows = check_shape(t.shape(), feature_len, max_rows, "inputs[0].shape")?;
+    Ok((t, dtype, rows))
 }
 
 /// Decodes a gRPC `ModelInferRequest`'s input for a model taking `feature_len` values per row.
@@ -85,11 +133,7 @@ pub fn grpc_input(
     feature_len: usize,
     max_rows: usize,
 ) -> Result<InputBatch, WireError> {
-    let first = req.inputs.first();
-    check_single_input(req.inputs.len(), first.map_or("", |t| t.name.as_str()))?;
-    let t = first.ok_or_else(|| WireError::Missing("inputs".into()))?;
-    let dtype = ElemType::from_oip(&t.datatype, "inputs[0].datatype")?;
-    let rows = check_shape(&t.shape, feature_len, max_rows, "inputs[0].shape")?;
+    let (t, dtype, rows) = single_input(&req.inputs, feature_len, max_rows)?;
     let count = rows * feature_len;
     if let Some(raw) = req.raw_input_contents.first() {
         if req.raw_input_contents.len() != 1 {
@@ -239,11 +283,7 @@ pub fn rest_input(
     feature_len: usize,
     max_rows: usize,
 ) -> Result<InputBatch, WireError> {
-    let first = req.inputs.first();
-    check_single_input(req.inputs.len(), first.map_or("", |t| t.name.as_str()))?;
-    let t = first.ok_or_else(|| WireError::Missing("inputs".into()))?;
-    let dtype = ElemType::from_oip(&t.datatype, "inputs[0].datatype")?;
-    let rows = check_shape(&t.shape, feature_len, max_rows, "inputs[0].shape")?;
+    let (t, dtype, rows) = single_input(&req.inputs, feature_len, max_rows)?;
     let count = rows * feature_len;
     let binary = t
         .parameters

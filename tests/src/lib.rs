@@ -125,6 +125,14 @@ pub fn train(dir: &Path, legacy: &Path, model: &str, extra: &[&str]) -> PathBuf 
     repo.join(model).join(v.last().unwrap().to_string())
 }
 
+/// A weak multi-class legacy model and a repository with one trained `digits` version
+/// (`epochs` epochs) in `dir`; returns (legacy model, repository root).
+pub fn digits_repo(dir: &Path, epochs: &str) -> (PathBuf, PathBuf) {
+    let legacy = legacy(dir, "multiclass");
+    train(dir, &legacy, "digits", &["--epochs", epochs]);
+    (legacy, dir.join("repo"))
+}
+
 /// Reads a JSON file.
 pub fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()

@@ -11,9 +11,7 @@ use system_tests::*;
 
 fn trained() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let legacy = legacy(dir.path(), "multiclass");
-    train(dir.path(), &legacy, "digits", &["--epochs", "10"]);
-    let repo = dir.path().join("repo");
+    let (legacy, repo) = digits_repo(dir.path(), "10");
     (dir, legacy, repo)
 }
 

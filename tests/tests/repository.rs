@@ -72,9 +72,7 @@ fn infer_version(http: &str, version: Option<&str>) -> (u16, String) {
 #[test]
 fn versions_hot_reload_failed_loads_keep_serving_and_admin_api_works() {
     let dir = tempfile::tempdir().unwrap();
-    let legacy = legacy(dir.path(), "multiclass");
-    train(dir.path(), &legacy, "digits", &["--epochs", "10"]);
-    let repo = dir.path().join("repo");
+    let (_, repo) = digits_repo(dir.path(), "10");
     let model_dir = repo.join("digits");
     let cloud = CloudProcess::start(
         &repo,
@@ -196,9 +194,7 @@ fn versions_hot_reload_failed_loads_keep_serving_and_admin_api_works() {
 #[test]
 fn a_broken_newest_version_at_start_falls_back_to_the_previous_one() {
     let dir = tempfile::tempdir().unwrap();
-    let legacy = legacy(dir.path(), "multiclass");
-    train(dir.path(), &legacy, "digits", &["--epochs", "5"]);
-    let repo = dir.path().join("repo");
+    let (_, repo) = digits_repo(dir.path(), "5");
     let v2 = publish_copy(&repo.join("digits"), 1, 2, false);
     std::fs::write(v2.join("rejector.onnx"), b"not onnx").unwrap();
     let cloud = CloudProcess::start(&repo, "127.0.0.1:0", &["--keep-versions", "1"]);

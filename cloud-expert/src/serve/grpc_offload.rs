@@ -55,9 +55,8 @@ impl pb::expert_server::Expert for ExpertService {
         &self,
         req: Request<pb::InferRequest>,
     ) -> Result<Response<pb::InferResponse>, Status> {
-        let mut call = grpc_call(&req, "offload", "Infer");
+        let call = grpc_call(&req, "offload", "Infer");
         let r = req.into_inner();
-        call.declared_device = Some(r.device_id.clone()).filter(|d| !d.is_empty());
         let model = r.model.clone();
         let result = self
             .infer_inner(&call, r)

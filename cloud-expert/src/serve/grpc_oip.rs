@@ -37,13 +37,7 @@ pub fn model_metadata(
     let who = state.authenticate(call)?;
     state.auth.authorize_model(&who, name)?;
     let entry = state.registry.get(name, version)?;
-    let versions = state
-        .registry
-        .snapshot()
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.iter().map(|e| e.version.clone()).collect())
-        .unwrap_or_default();
+    let versions = state.registry.versions(name);
     let mut input_shape = vec![-1i64];
     input_shape.extend(entry.expert.input_shape.iter().map(|&d| d as i64));
     let meta =

@@ -19,6 +19,14 @@ use tracing::Instrument;
 /// Header announcing the JSON part's length in Triton's binary extension.
 const HEADER_LEN: &str = "inference-header-content-length";
 
+/// `/v2/models/{model}[/versions/{version}]...`: an absent version means the newest served.
+#[derive(Debug, serde::Deserialize)]
+struct ModelPath {
+    model: String,
+    #[serde(default)]
+    version: String,
+}
+
 /// The client certificate's common name, attached to each request by the TLS accept loop.
 #[derive(Debug, Clone)]
 pub struct PeerIdentity(pub Option<String>);
@@ -29,21 +37,12 @@ pub fn app(state: Arc<ServerState>) -> Router {
         .route("/v2/health/live", get(|| async { StatusCode::OK }))
         .route("/v2/health/ready", get(health_ready))
         .route("/v2", get(server_metadata))
-        .route("/v2/models/{model}", get(metadata_latest))
-        .route(
-            "/v2/models/{model}/versions/{version}",
-            get(metadata_version),
-        )
-        .route("/v2/models/{model}/ready", get(ready_latest))
-        .route(
-            "/v2/models/{model}/versions/{version}/ready",
-            get(ready_version),
-        )
-        .route("/v2/models/{model}/infer", post(infer_latest))
-        .route(
-            "/v2/models/{model}/versions/{version}/infer",
-            post(infer_version),
-        )
+        .route("/v2/models/{model}", get(metadata))
+        .route("/v2/models/{model}/versions/{version}", get(metadata))
+        .route("/v2/models/{model}/ready", get(ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(ready))
+        .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer))
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{model}/load", post(repository_load))
         .route(
@@ -114,28 +113,9 @@ async fn server_metadata() -> Json<serde_json::Value> {
     }))
 }
 
-async fn metadata_latest(
-    s: State<Arc<ServerState>>,
-    Path(model): Path<String>,
-    headers: HeaderMap,
-    peer: Caller,
-) -> Response {
-    metadata(s, model, String::new(), headers, peer)
-}
-
-async fn metadata_version(
-    s: State<Arc<ServerState>>,
-    Path((model, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    peer: Caller,
-) -> Response {
-    metadata(s, model, version, headers, peer)
-}
-
-fn metadata(
+async fn metadata(
     State(s): State<Arc<ServerState>>,
-    model: String,
-    version: String,
+    Path(ModelPath { model, version }): Path<ModelPath>,
     headers: HeaderMap,
     peer: Caller,
 ) -> Response {
@@ -156,28 +136,9 @@ fn metadata(
     }
 }
 
-async fn ready_latest(
-    s: State<Arc<ServerState>>,
-    Path(model): Path<String>,
-    headers: HeaderMap,
-    peer: Caller,
-) -> Response {
-    ready(s, model, String::new(), headers, peer)
-}
-
-async fn ready_version(
-    s: State<Arc<ServerState>>,
-    Path((model, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    peer: Caller,
-) -> Response {
-    ready(s, model, version, headers, peer)
-}
-
-fn ready(
+async fn ready(
     State(s): State<Arc<ServerState>>,
-    model: String,
-    version: String,
+    Path(ModelPath { model, version }): Path<ModelPath>,
     headers: HeaderMap,
     peer: Caller,
 ) -> Response {
@@ -189,26 +150,6 @@ fn ready(
         Ok(false) => ServeError::NotReady.into_response(),
         Err(e) => e.into_response(),
     }
-}
-
-async fn infer_latest(
-    s: State<Arc<ServerState>>,
-    Path(model): Path<String>,
-    headers: HeaderMap,
-    peer: Caller,
-    body: Body,
-) -> Response {
-    infer(s, model, String::new(), headers, peer, body).await
-}
-
-async fn infer_version(
-    s: State<Arc<ServerState>>,
-    Path((model, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    peer: Caller,
-    body: Body,
-) -> Response {
-    infer(s, model, version, headers, peer, body).await
 }
 
 /// Reads a body of at most `max` bytes.
@@ -227,8 +168,7 @@ async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Bytes,
 
 async fn infer(
     State(s): State<Arc<ServerState>>,
-    model: String,
-    version: String,
+    Path(ModelPath { model, version }): Path<ModelPath>,
     headers: HeaderMap,
     peer: Caller,
     body: Body,
@@ -305,9 +245,14 @@ async fn metrics(State(s): State<Arc<ServerState>>) -> Response {
         .into_response()
 }
 
-async fn repository_index(State(s): State<Arc<ServerState>>, headers: HeaderMap) -> Response {
+/// Checks the admin credential of a repository call.
+fn authorize_admin(s: &ServerState, headers: &HeaderMap) -> Result<(), ServeError> {
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
-    if let Err(e) = s.auth.authorize_admin(auth) {
+    s.auth.authorize_admin(auth)
+}
+
+async fn repository_index(State(s): State<Arc<ServerState>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize_admin(&s, &headers) {
         return e.into_response();
     }
     let models: Vec<_> = s
@@ -339,8 +284,7 @@ async fn repository_load_inner(
     model: &str,
     headers: &HeaderMap,
 ) -> Result<super::registry::ReloadReport, ServeError> {
-    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
-    s.auth.authorize_admin(auth)?;
+    authorize_admin(s, headers)?;
     if model.contains(['/', '\\']) || model.starts_with('.') {
         return Err(ServeError::Body(format!("`{model}` is not a model name")));
     }
@@ -372,8 +316,7 @@ async fn repository_unload(
     Path(model): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
-    if let Err(e) = s.auth.authorize_admin(auth) {
+    if let Err(e) = authorize_admin(&s, &headers) {
         return e.into_response();
     }
     let registry = s.registry.clone();

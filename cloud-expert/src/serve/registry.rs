@@ -176,6 +176,14 @@ impl Registry {
         out
     }
 
+    /// Served versions of `model`, ascending.
+    pub fn versions(&self, model: &str) -> Vec<String> {
+        self.read()
+            .get(model)
+            .map(|v| v.keys().map(u64::to_string).collect())
+            .unwrap_or_default()
+    }
+
     /// Whether `model` is a served model name (for bounded metric labels).
     pub fn contains(&self, model: &str) -> bool {
         self.read().contains_key(model)

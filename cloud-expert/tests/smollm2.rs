@@ -7,7 +7,7 @@
 //! original Hugging Face tokenizer); the project follows the file, so that leading id is set aside.
 
 use cloud_expert::llm::load::load;
-use cloud_expert::llm::model::KvCache;
+use cloud_expert::llm::model::{Adapt, KvCache};
 use cloud_expert::llm::tokenizer::ChatMessage;
 use std::path::PathBuf;
 
@@ -87,7 +87,9 @@ fn smollm2_logits_match_transformers() {
         (30, 576, 3)
     );
     let tokens = tch::Tensor::from_slice(&ids).view([1, -1]);
-    let logits = m.forward(&tokens, &mut KvCache::default()).unwrap();
+    let logits = m
+        .forward(&tokens, &mut KvCache::default(), Adapt::None)
+        .unwrap();
     let argmax: Vec<i64> = Vec::try_from(logits.argmax(-1, false).flatten(0, -1)).unwrap();
     let want_argmax: Vec<i64> = r["argmax"]
         .as_array()

@@ -175,7 +175,7 @@ pub fn write_gguf(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::llm::model::KvCache;
+    use crate::llm::model::{Adapt, KvCache};
 
     fn tiny() -> LlamaConfig {
         LlamaConfig {
@@ -194,7 +194,7 @@ mod tests {
 
     fn logits(m: &Llama) -> Tensor {
         let t = Tensor::from_slice(&[3i64, 1, 4, 1, 5, 9, 2, 6]).view([1, 8]);
-        m.forward(&t, &mut KvCache::default()).unwrap()
+        m.forward(&t, &mut KvCache::default(), Adapt::None).unwrap()
     }
 
     #[test]

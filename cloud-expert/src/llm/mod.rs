@@ -1,8 +1,11 @@
-//! LLM support (issue 5, in progress): parameter-efficient adapters for linear layers.
-//! So far: LSR-Adapt (sums of Kronecker products per LoRA factor) with LoRA as its baseline, and
-//! a LLaMA-family decoder with a KV cache.
+//! LLM support (issue 5): a LLaMA-family decoder in tch with GGUF and Hugging Face loaders,
+//! its byte-level BPE tokenizer and chat template, LSR-Adapt and LoRA adapters, fine-tuning, and
+//! continuous-batching generation behind an OpenAI-compatible HTTP API.
 
+pub mod adapter;
 pub mod gguf;
+pub mod kv;
+pub mod linear;
 pub mod load;
 pub mod lsr;
 pub mod model;

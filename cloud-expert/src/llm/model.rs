@@ -3,9 +3,20 @@
 //! output embedding, and a KV cache for incremental decoding. Weights use the Hugging Face
 //! parameter names, so a `model.safetensors` of a LLaMA checkpoint loads as is.
 //!
-//! Invariant: decoding with the cache (prefill, then one token at a time) gives the same logits
-//! as one forward pass over the whole sequence (tested).
+//! Two ways to run it:
+//! - [`Llama::forward`]: a (batch, T) block of tokens with a [`KvCache`], one adapter (or none)
+//!   for every row: training, evaluation and the reference path.
+//! - [`Llama::prefill`] / [`Llama::decode`]: the serving path over a [`SlotKv`], where each
+//!   running sequence owns a slot, sequences sit at different positions, and every row may carry
+//!   a different adapter ([`Adapt::Rows`]); base weights are read once per step for all rows.
+//!
+//! Invariants: decoding with the cache (prefill, then one token at a time) gives the same logits
+//! as one forward pass over the whole sequence, and a row's logits in a mixed-adapter decode step
+//! equal that sequence decoded alone with its adapter (both tested).
 
+use super::adapter::{Adapter, Module};
+pub use super::kv::SlotKv;
+use super::linear::{Precision, Weight};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
@@ -100,13 +111,39 @@ impl KvCache {
     }
 }
 
-/// The decoder: weights by Hugging Face name, plus rotary tables.
+/// Which adapter applies to which rows of a forward pass.
+#[derive(Debug, Clone, Copy)]
+pub enum Adapt<'a> {
+    /// The base model.
+    None,
+    /// One adapter for every row.
+    All(&'a Adapter),
+    /// Per-adapter groups of row indices (into the flattened rows); other rows get the base.
+    Rows(&'a [(&'a Adapter, Tensor)]),
+}
+
+/// One decoder block's weights.
+#[derive(Debug)]
+struct Block {
+    attn_norm: Tensor,
+    mlp_norm: Tensor,
+    /// Indexed by `Module as usize`.
+    proj: Vec<Weight>,
+}
+
+/// The decoder: weights by Hugging Face name, the per-block view used for compute, and rotary
+/// tables.
 #[derive(Debug)]
 pub struct Llama {
     /// Configuration.
     pub cfg: LlamaConfig,
-    /// Weights by name.
+    /// Weights by name (float32; the source of truth).
     weights: HashMap<String, Tensor>,
+    blocks: Vec<Block>,
+    embed: Tensor,
+    head: Weight,
+    final_norm: Tensor,
+    precision: Precision,
     /// (max_pos, head_dim) cosine table.
     cos: Tensor,
     /// (max_pos, head_dim) sine table.
@@ -115,26 +152,16 @@ pub struct Llama {
 
 /// Every weight name and shape a config implies.
 pub fn weight_shapes(cfg: &LlamaConfig) -> Vec<(String, Vec<i64>)> {
-    let (h, i, v) = (
-        cfg.hidden_size as i64,
-        cfg.intermediate_size as i64,
-        cfg.vocab_size as i64,
-    );
-    let kv = (cfg.num_key_value_heads * cfg.head_dim()) as i64;
+    let (h, v) = (cfg.hidden_size as i64, cfg.vocab_size as i64);
     let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
     for l in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{l}");
-        out.extend([
-            (format!("{p}.input_layernorm.weight"), vec![h]),
-            (format!("{p}.self_attn.q_proj.weight"), vec![h, h]),
-            (format!("{p}.self_attn.k_proj.weight"), vec![kv, h]),
-            (format!("{p}.self_attn.v_proj.weight"), vec![kv, h]),
-            (format!("{p}.self_attn.o_proj.weight"), vec![h, h]),
-            (format!("{p}.post_attention_layernorm.weight"), vec![h]),
-            (format!("{p}.mlp.gate_proj.weight"), vec![i, h]),
-            (format!("{p}.mlp.up_proj.weight"), vec![i, h]),
-            (format!("{p}.mlp.down_proj.weight"), vec![h, i]),
-        ]);
+        out.push((format!("{p}.input_layernorm.weight"), vec![h]));
+        out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+        for m in Module::ALL {
+            let (o, i) = m.dims(cfg);
+            out.push((m.weight_name(l), vec![o as i64, i as i64]));
+        }
     }
     out.push(("model.norm.weight".into(), vec![h]));
     if !cfg.tie_word_embeddings {
@@ -185,12 +212,65 @@ impl Llama {
         let pos = Tensor::arange(cfg.max_position_embeddings as i64, (Kind::Float, device));
         let freqs = pos.outer(&inv);
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
-        Ok(Self {
+        let w = |n: &str| checked[n].shallow_clone();
+        let head_name = if cfg.tie_word_embeddings {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        };
+        let mut m = Self {
             cos: emb.cos(),
             sin: emb.sin(),
+            blocks: Vec::new(),
+            embed: w("model.embed_tokens.weight"),
+            head: Weight::F32(w(head_name)),
+            final_norm: w("model.norm.weight"),
+            precision: Precision::F32,
             cfg,
             weights: checked,
-        })
+        };
+        m.set_precision(Precision::F32);
+        Ok(m)
+    }
+
+    /// Rebuilds the compute weights in `precision` (the float32 originals are kept).
+    pub fn set_precision(&mut self, precision: Precision) {
+        let _g = tch::no_grad_guard();
+        let w = |n: &str| &self.weights[n];
+        self.blocks = (0..self.cfg.num_hidden_layers)
+            .map(|l| Block {
+                attn_norm: w(&format!("model.layers.{l}.input_layernorm.weight")).shallow_clone(),
+                mlp_norm: w(&format!("model.layers.{l}.post_attention_layernorm.weight"))
+                    .shallow_clone(),
+                proj: Module::ALL
+                    .iter()
+                    .map(|m| Weight::new(w(&m.weight_name(l)), precision))
+                    .collect(),
+            })
+            .collect();
+        let head_name = if self.cfg.tie_word_embeddings {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        };
+        self.head = Weight::new(w(head_name), precision);
+        self.precision = precision;
+    }
+
+    /// The compute precision.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Bytes of weights read per decoding step (the memory-bandwidth floor's numerator).
+    pub fn bytes_per_step(&self) -> usize {
+        let norms = (2 * self.blocks.len() + 1) * self.cfg.hidden_size * 4;
+        self.blocks
+            .iter()
+            .flat_map(|b| b.proj.iter().map(Weight::bytes))
+            .sum::<usize>()
+            + self.head.bytes()
+            + norms
     }
 
     /// A randomly initialised model (tests and fixtures).
@@ -215,49 +295,99 @@ impl Llama {
         &self.weights
     }
 
-    fn w(&self, name: &str) -> &Tensor {
-        &self.weights[name]
+    /// A copy of this model with `adapter` merged into its weights (single-adapter serving).
+    pub fn merged(&self, adapter: &Adapter) -> Result<Self, ModelError> {
+        let _g = tch::no_grad_guard();
+        let mut w: HashMap<String, Tensor> = self
+            .weights
+            .iter()
+            .map(|(k, v)| (k.clone(), v.shallow_clone()))
+            .collect();
+        for (&(l, m), u) in &adapter.updates {
+            let name = m.weight_name(l);
+            let merged = u.merge_into(&w[&name]);
+            w.insert(name, merged);
+        }
+        let mut out = Self::from_weights(self.cfg.clone(), w, self.embed.device())?;
+        out.set_precision(self.precision);
+        Ok(out)
     }
 
-    fn rms_norm(&self, x: &Tensor, name: &str) -> Tensor {
+    fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Tensor {
         let var = x.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
-        x * (var + self.cfg.rms_norm_eps).rsqrt() * self.w(name)
+        x * (var + self.cfg.rms_norm_eps).rsqrt() * w
     }
 
+    /// A block's module applied to `x` (..., d_in), plus the adapters' updates.
+    fn linear(&self, l: usize, m: Module, x: &Tensor, adapt: Adapt<'_>) -> Tensor {
+        let y = self.blocks[l].proj[m as usize].apply(x);
+        match adapt {
+            Adapt::None => y,
+            Adapt::All(a) => match a.update(l, m) {
+                Some(u) => y + u.delta(x),
+                None => y,
+            },
+            Adapt::Rows(groups) => {
+                let mut y = y;
+                for (a, idx) in groups {
+                    if let Some(u) = a.update(l, m) {
+                        let d = u.delta(&x.index_select(0, idx));
+                        y = y.index_add(0, idx, &d);
+                    }
+                }
+                y
+            }
+        }
+    }
+
+    /// Rotary embedding of `x` (B, heads, T, hd) at positions `start..start+T`.
     fn rope(&self, x: &Tensor, start: i64) -> Tensor {
-        // x: (B, heads, T, hd)
         let t = x.size()[2];
-        let cos = self.cos.narrow(0, start, t);
-        let sin = self.sin.narrow(0, start, t);
-        let half = x.size()[3] / 2;
-        let x1 = x.narrow(-1, 0, half);
-        let x2 = x.narrow(-1, half, half);
-        let rotated = Tensor::cat(&[&x2.neg(), &x1], -1);
-        x * cos + rotated * sin
+        rotate(
+            x,
+            &self.cos.narrow(0, start, t),
+            &self.sin.narrow(0, start, t),
+        )
+    }
+
+    fn mlp(&self, l: usize, x: &Tensor, adapt: Adapt<'_>) -> Tensor {
+        let n = self.rms_norm(x, &self.blocks[l].mlp_norm);
+        let gate = self.linear(l, Module::GateProj, &n, adapt).silu();
+        let up = self.linear(l, Module::UpProj, &n, adapt);
+        x + self.linear(l, Module::DownProj, &(gate * up), adapt)
+    }
+
+    fn logits(&self, x: &Tensor) -> Tensor {
+        self.head.apply(&self.rms_norm(x, &self.final_norm))
+    }
+
+    fn check_positions(&self, end: i64) -> Result<(), ModelError> {
+        if end > self.cfg.max_position_embeddings as i64 {
+            return Err(ModelError::Config(format!(
+                "{end} positions exceed max_position_embeddings {}",
+                self.cfg.max_position_embeddings
+            )));
+        }
+        Ok(())
     }
 
     /// Logits (batch, T, vocab) for `tokens` (batch, T) at positions `cache.len()..`, appending
     /// their keys and values to `cache`.
-    pub fn forward(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<Tensor, ModelError> {
+    pub fn forward(
+        &self,
+        tokens: &Tensor,
+        cache: &mut KvCache,
+        adapt: Adapt<'_>,
+    ) -> Result<Tensor, ModelError> {
         let (b, t) = tokens.size2()?;
         let start = cache.len();
-        if start + t > self.cfg.max_position_embeddings as i64 {
-            return Err(ModelError::Config(format!(
-                "{} positions exceed max_position_embeddings {}",
-                start + t,
-                self.cfg.max_position_embeddings
-            )));
-        }
-        let (h, kvh, hd) = (
-            self.cfg.num_attention_heads as i64,
-            self.cfg.num_key_value_heads as i64,
-            self.cfg.head_dim() as i64,
-        );
+        self.check_positions(start + t)?;
+        let (h, kvh, hd) = self.heads();
         cache
             .layers
             .resize_with(self.cfg.num_hidden_layers, || None);
         let mut x = self
-            .w("model.embed_tokens.weight")
+            .embed
             .index_select(0, &tokens.flatten(0, 1))
             .view([b, t, -1]);
         // Causal mask over (T, start + T): query i sees keys j <= start + i.
@@ -266,53 +396,153 @@ impl Llama {
         let k_pos = Tensor::arange(total, (Kind::Int64, x.device())).unsqueeze(0);
         let mask = k_pos.gt_tensor(&q_pos);
         for (l, slot) in cache.layers.iter_mut().enumerate() {
-            let p = format!("model.layers.{l}");
-            let n = self.rms_norm(&x, &format!("{p}.input_layernorm.weight"));
-            let proj = |name: &str| n.matmul(&self.w(&format!("{p}.self_attn.{name}.weight")).tr());
-            let q = proj("q_proj").view([b, t, h, hd]).transpose(1, 2);
-            let k = proj("k_proj").view([b, t, kvh, hd]).transpose(1, 2);
-            let v = proj("v_proj").view([b, t, kvh, hd]).transpose(1, 2);
-            let q = self.rope(&q, start);
-            let k = self.rope(&k, start);
+            let n = self.rms_norm(&x, &self.blocks[l].attn_norm);
+            let q = self.linear(l, Module::QProj, &n, adapt);
+            let k = self.linear(l, Module::KProj, &n, adapt);
+            let v = self.linear(l, Module::VProj, &n, adapt);
+            let q = self.rope(&q.view([b, t, h, hd]).transpose(1, 2), start);
+            let k = self.rope(&k.view([b, t, kvh, hd]).transpose(1, 2), start);
+            let v = v.view([b, t, kvh, hd]).transpose(1, 2);
             let (k, v) = match slot.take() {
                 Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2), Tensor::cat(&[&pv, &v], 2)),
                 None => (k, v),
             };
             *slot = Some((k.shallow_clone(), v.shallow_clone()));
-            let rep = h / kvh;
-            let (k, v) = if rep > 1 {
-                (
-                    k.repeat_interleave_self_int(rep, 1, None),
-                    v.repeat_interleave_self_int(rep, 1, None),
-                )
-            } else {
-                (k, v)
-            };
-            let scores = q.matmul(&k.transpose(-2, -1)) / (hd as f64).sqrt();
-            let scores = scores.masked_fill(&mask, f64::NEG_INFINITY);
-            let attn = scores.softmax(-1, Kind::Float).matmul(&v);
-            let attn = attn.transpose(1, 2).contiguous().view([b, t, h * hd]);
-            x = &x + attn.matmul(&self.w(&format!("{p}.self_attn.o_proj.weight")).tr());
-            let n = self.rms_norm(&x, &format!("{p}.post_attention_layernorm.weight"));
-            let gate = n
-                .matmul(&self.w(&format!("{p}.mlp.gate_proj.weight")).tr())
-                .silu();
-            let up = n.matmul(&self.w(&format!("{p}.mlp.up_proj.weight")).tr());
-            x = &x + (gate * up).matmul(&self.w(&format!("{p}.mlp.down_proj.weight")).tr());
+            let attn = grouped_attention(&q, &k, &v, &mask, hd).reshape([b, t, h * hd]);
+            x = &x + self.linear(l, Module::OProj, &attn, adapt);
+            x = self.mlp(l, &x, adapt);
         }
-        let x = self.rms_norm(&x, "model.norm.weight");
-        let head = if self.cfg.tie_word_embeddings {
-            "model.embed_tokens.weight"
-        } else {
-            "lm_head.weight"
-        };
-        Ok(x.matmul(&self.w(head).tr()))
+        Ok(self.logits(&x))
     }
+
+    fn heads(&self) -> (i64, i64, i64) {
+        (
+            self.cfg.num_attention_heads as i64,
+            self.cfg.num_key_value_heads as i64,
+            self.cfg.head_dim() as i64,
+        )
+    }
+
+    /// Runs a new sequence's prompt into `slot` of `kv` (positions 0..T) and returns the logits
+    /// (vocab) of its last position.
+    pub fn prefill(
+        &self,
+        tokens: &[i64],
+        slot: i64,
+        kv: &mut SlotKv,
+        adapter: Option<&Adapter>,
+    ) -> Result<Tensor, ModelError> {
+        let t = tokens.len() as i64;
+        if t == 0 {
+            return Err(ModelError::Config("empty prompt".into()));
+        }
+        self.check_positions(t)?;
+        kv.ensure(t);
+        let adapt = adapter.map_or(Adapt::None, Adapt::All);
+        let (h, kvh, hd) = self.heads();
+        let dev = self.embed.device();
+        let ids = Tensor::from_slice(tokens).to_device(dev);
+        let mut x = self.embed.index_select(0, &ids).unsqueeze(0);
+        let pos = Tensor::arange(t, (Kind::Int64, dev));
+        let mask = pos.unsqueeze(0).gt_tensor(&pos.unsqueeze(1));
+        for l in 0..self.blocks.len() {
+            let n = self.rms_norm(&x, &self.blocks[l].attn_norm);
+            let q = self.linear(l, Module::QProj, &n, adapt);
+            let k = self.linear(l, Module::KProj, &n, adapt);
+            let v = self.linear(l, Module::VProj, &n, adapt);
+            let q = self.rope(&q.view([1, t, h, hd]).transpose(1, 2), 0);
+            let k = self.rope(&k.view([1, t, kvh, hd]).transpose(1, 2), 0);
+            let v = v.view([1, t, kvh, hd]).transpose(1, 2);
+            kv.write_prefix(l, slot, &k, &v);
+            let attn = grouped_attention(&q, &k, &v, &mask, hd).reshape([1, t, h * hd]);
+            x = &x + self.linear(l, Module::OProj, &attn, adapt);
+            x = self.mlp(l, &x, adapt);
+        }
+        Ok(self.logits(&x.select(1, t - 1)).squeeze_dim(0))
+    }
+
+    /// One decoding step for S running sequences: `tokens[i]` at position `pos[i]` of slot
+    /// `slots[i]`; returns logits (S, vocab). Rows in `adapt`'s groups get their adapter.
+    pub fn decode(
+        &self,
+        tokens: &[i64],
+        slots: &[i64],
+        pos: &[i64],
+        kv: &mut SlotKv,
+        adapt: Adapt<'_>,
+    ) -> Result<Tensor, ModelError> {
+        let s = tokens.len() as i64;
+        let longest = pos.iter().copied().max().unwrap_or(0) + 1;
+        self.check_positions(longest)?;
+        kv.ensure(longest);
+        let (h, kvh, hd) = self.heads();
+        let rep = h / kvh;
+        let dev = self.embed.device();
+        let ids = Tensor::from_slice(tokens).to_device(dev);
+        let pos_t = Tensor::from_slice(pos).to_device(dev);
+        let slots_t = Tensor::from_slice(slots).to_device(dev);
+        let consecutive = slots.windows(2).all(|w| w[1] == w[0] + 1);
+        let mut x = self.embed.index_select(0, &ids);
+        let cos = self.cos.index_select(0, &pos_t).unsqueeze(1);
+        let sin = self.sin.index_select(0, &pos_t).unsqueeze(1);
+        // Key j is visible to row i when j <= pos[i]: (S, 1, 1, L).
+        let mask = Tensor::arange(longest, (Kind::Int64, dev))
+            .unsqueeze(0)
+            .gt_tensor(&pos_t.unsqueeze(1))
+            .view([s, 1, 1, longest]);
+        for l in 0..self.blocks.len() {
+            let n = self.rms_norm(&x, &self.blocks[l].attn_norm);
+            let q = self.linear(l, Module::QProj, &n, adapt).view([s, h, hd]);
+            let k = self.linear(l, Module::KProj, &n, adapt).view([s, kvh, hd]);
+            let v = self.linear(l, Module::VProj, &n, adapt).view([s, kvh, hd]);
+            let q = rotate(&q, &cos, &sin);
+            let k = rotate(&k, &cos, &sin);
+            kv.write_rows(l, &slots_t, &pos_t, &k, &v);
+            let (kk, vv) = kv.read(l, slots, &slots_t, consecutive, longest);
+            // (S, kvh, rep, hd) x (S, kvh, hd, L) -> (S, kvh, rep, L)
+            let scores =
+                q.view([s, kvh, rep, hd]).matmul(&kk.transpose(-2, -1)) / (hd as f64).sqrt();
+            let p = scores
+                .masked_fill(&mask, f64::NEG_INFINITY)
+                .softmax(-1, Kind::Float);
+            let attn = p.matmul(&vv).reshape([s, h * hd]);
+            x = &x + self.linear(l, Module::OProj, &attn, adapt);
+            x = self.mlp(l, &x, adapt);
+        }
+        Ok(self.logits(&x))
+    }
+}
+
+/// `x * cos + rotate_half(x) * sin` (the Hugging Face layout: halves, not interleaved pairs).
+fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let half = x.size()[x.dim() - 1] / 2;
+    let x1 = x.narrow(-1, 0, half);
+    let x2 = x.narrow(-1, half, half);
+    let rotated = Tensor::cat(&[&x2.neg(), &x1], -1);
+    x * cos + rotated * sin
+}
+
+/// Attention of q (B, H, T, hd) over k, v (B, KVH, L, hd) with query groups sharing a KV head;
+/// `mask` (T, L) is true where a key is hidden. Returns (B, T, H, hd).
+fn grouped_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, hd: i64) -> Tensor {
+    let (b, h, t, _) = q.size4().unwrap_or((1, 1, 1, 1));
+    let kvh = k.size()[1];
+    let rep = h / kvh;
+    // (B, KVH, rep*T, hd): the group's queries stacked along time.
+    let qg = q.reshape([b, kvh, rep * t, hd]);
+    let scores = qg.matmul(&k.transpose(-2, -1)) / (hd as f64).sqrt();
+    let l = k.size()[2];
+    let scores = scores
+        .view([b, kvh, rep, t, l])
+        .masked_fill(mask, f64::NEG_INFINITY);
+    let p = scores.softmax(-1, Kind::Float).view([b, kvh, rep * t, l]);
+    p.matmul(v).view([b, h, t, hd]).transpose(1, 2)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::llm::lsr::Init;
 
     fn tiny(tied: bool, kv_heads: usize) -> LlamaConfig {
         LlamaConfig {
@@ -335,11 +565,18 @@ mod tests {
         for (tied, kv) in [(true, 2), (false, 4), (true, 1)] {
             let m = Llama::random(tiny(tied, kv), 3, Device::Cpu).unwrap();
             let tokens = Tensor::from_slice(&[1i64, 7, 3, 9, 4, 22, 5, 8, 11, 2]).view([2, 5]);
-            let full = m.forward(&tokens, &mut KvCache::default()).unwrap();
+            let full = m
+                .forward(&tokens, &mut KvCache::default(), Adapt::None)
+                .unwrap();
             let mut cache = KvCache::default();
-            let mut steps = vec![m.forward(&tokens.narrow(1, 0, 2), &mut cache).unwrap()];
+            let mut steps = vec![m
+                .forward(&tokens.narrow(1, 0, 2), &mut cache, Adapt::None)
+                .unwrap()];
             for i in 2..5 {
-                steps.push(m.forward(&tokens.narrow(1, i, 1), &mut cache).unwrap());
+                steps.push(
+                    m.forward(&tokens.narrow(1, i, 1), &mut cache, Adapt::None)
+                        .unwrap(),
+                );
             }
             assert_eq!(cache.len(), 5);
             let inc = Tensor::cat(&steps, 1);
@@ -354,8 +591,8 @@ mod tests {
         let m = Llama::random(tiny(true, 2), 5, Device::Cpu).unwrap();
         let a = Tensor::from_slice(&[1i64, 2, 3, 4]).view([1, 4]);
         let b = Tensor::from_slice(&[1i64, 2, 3, 40]).view([1, 4]);
-        let la = m.forward(&a, &mut KvCache::default()).unwrap();
-        let lb = m.forward(&b, &mut KvCache::default()).unwrap();
+        let la = m.forward(&a, &mut KvCache::default(), Adapt::None).unwrap();
+        let lb = m.forward(&b, &mut KvCache::default(), Adapt::None).unwrap();
         let past = (la.narrow(1, 0, 3) - lb.narrow(1, 0, 3))
             .abs()
             .max()
@@ -383,5 +620,138 @@ mod tests {
             ..tiny(true, 2)
         };
         assert!(Llama::random(bad, 0, Device::Cpu).is_err());
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b).abs().max().double_value(&[])
+    }
+
+    #[test]
+    fn mixed_adapter_decode_steps_equal_each_sequence_decoded_alone() {
+        let _g = tch::no_grad_guard();
+        let cfg = LlamaConfig {
+            hidden_size: 36,
+            num_attention_heads: 6,
+            num_key_value_heads: 2,
+            ..tiny(true, 2)
+        };
+        let m = Llama::random(cfg.clone(), 11, Device::Cpu).unwrap();
+        let lsr = Adapter::new_lsr(
+            "t",
+            &cfg,
+            &Module::ALL,
+            2,
+            2,
+            2,
+            8.0,
+            Init::SmallRandom,
+            Device::Cpu,
+        )
+        .unwrap()
+        .detached();
+        let lora = Adapter::new_lora(
+            "t",
+            &cfg,
+            &[Module::QProj, Module::VProj],
+            4,
+            8.0,
+            Device::Cpu,
+        )
+        .unwrap();
+        // LoRA starts at B = 0; give it a visible update.
+        let lora = {
+            let d = lora.detached();
+            for u in d.updates.values() {
+                if let crate::llm::adapter::Update::Lora(x) = u {
+                    let _ = x.b.shallow_clone().normal_(0.0, 0.05);
+                }
+            }
+            d
+        };
+        let prompts: [&[i64]; 3] = [&[1, 2, 3, 4, 5], &[7, 8], &[9, 10, 11]];
+        let adapters = [Some(&lsr), None, Some(&lora)];
+        // Reference: each sequence alone through `forward` with its adapter.
+        let steps = 4;
+        let mut want = Vec::new();
+        for (p, a) in prompts.iter().zip(adapters) {
+            let adapt = a.map_or(Adapt::None, Adapt::All);
+            let mut cache = KvCache::default();
+            let mut toks = p.to_vec();
+            let mut rows = Vec::new();
+            let mut last = m
+                .forward(&Tensor::from_slice(&toks).view([1, -1]), &mut cache, adapt)
+                .unwrap()
+                .select(1, toks.len() as i64 - 1);
+            for _ in 0..steps {
+                rows.push(last.shallow_clone());
+                let next = last.argmax(-1, false).int64_value(&[0]);
+                toks.push(next);
+                last = m
+                    .forward(&Tensor::from_slice(&[next]).view([1, 1]), &mut cache, adapt)
+                    .unwrap()
+                    .select(1, 0);
+            }
+            want.push(rows);
+        }
+        // Serving path: slots 2, 0, 1 (not consecutive), prefill then mixed decode steps.
+        let slots = [2i64, 0, 1];
+        let mut kv = SlotKv::new(cfg.num_hidden_layers, 3, 2, cfg.head_dim(), 64, Device::Cpu);
+        let mut last: Vec<Tensor> = prompts
+            .iter()
+            .zip(adapters)
+            .zip(slots)
+            .map(|((p, a), s)| m.prefill(p, s, &mut kv, a).unwrap())
+            .collect();
+        let mut pos: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
+        let groups = [
+            (&lsr, Tensor::from_slice(&[0i64])),
+            (&lora, Tensor::from_slice(&[2i64])),
+        ];
+        for step in 0..steps {
+            for i in 0..3 {
+                let d = max_diff(&last[i], &want[i][step].squeeze());
+                assert!(d < 1e-4, "sequence {i} step {step}: {d}");
+            }
+            let toks: Vec<i64> = last
+                .iter()
+                .map(|l| l.argmax(-1, false).int64_value(&[]))
+                .collect();
+            let out = m
+                .decode(&toks, &slots, &pos, &mut kv, Adapt::Rows(&groups))
+                .unwrap();
+            last = (0..3).map(|i| out.get(i)).collect();
+            pos.iter_mut().for_each(|p| *p += 1);
+        }
+        assert!(kv.capacity() >= 9);
+        // Merging the adapter into the weights gives the adapter's logits.
+        let merged = m.merged(&lsr).unwrap();
+        let t = Tensor::from_slice(prompts[0]).view([1, -1]);
+        let a = merged
+            .forward(&t, &mut KvCache::default(), Adapt::None)
+            .unwrap();
+        let b = m
+            .forward(&t, &mut KvCache::default(), Adapt::All(&lsr))
+            .unwrap();
+        assert!(max_diff(&a, &b) < 1e-4);
+        let e = m
+            .forward(&t, &mut KvCache::default(), Adapt::All(&lsr.expanded()))
+            .unwrap();
+        assert!(max_diff(&e, &b) < 1e-4);
+    }
+
+    #[test]
+    fn low_precision_weights_keep_the_greedy_tokens_close() {
+        let _g = tch::no_grad_guard();
+        let mut m = Llama::random(tiny(true, 2), 4, Device::Cpu).unwrap();
+        let t = Tensor::from_slice(&[1i64, 2, 3, 4, 5, 6]).view([1, -1]);
+        let want = m.forward(&t, &mut KvCache::default(), Adapt::None).unwrap();
+        let f32_bytes = m.bytes_per_step();
+        for p in [Precision::Bf16, Precision::Int8] {
+            m.set_precision(p);
+            let got = m.forward(&t, &mut KvCache::default(), Adapt::None).unwrap();
+            let rel = max_diff(&got, &want) / want.abs().max().double_value(&[]);
+            assert!(rel < 0.05, "{p:?}: {rel}");
+            assert!(m.bytes_per_step() < f32_bytes / 2 + 4096, "{p:?}");
+        }
     }
 }

@@ -3,11 +3,14 @@
 //! continuous-batching generation behind an OpenAI-compatible HTTP API.
 
 pub mod adapter;
+pub mod adapters;
+pub mod engine;
 pub mod gguf;
 pub mod kv;
 pub mod linear;
 pub mod load;
 pub mod lsr;
 pub mod model;
+pub mod sampling;
 pub mod tokenizer;
 pub mod tokenizer_io;

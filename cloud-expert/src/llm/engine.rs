@@ -1,0 +1,768 @@
+//! Continuous batching: one engine thread owns the model and the slot KV cache and runs steps.
+//! Each step admits waiting requests into free slots (one prefill each, which also yields the
+//! first token), then decodes one token for every running sequence in a single batched forward
+//! pass in which each row carries its own adapter (or none). Sequences leave the batch as soon
+//! as they finish (EOS, a stop string, `max_tokens`, the context) or their client goes away, and
+//! their slot is reused at the next step.
+//!
+//! Invariants: admission is bounded (`max_seqs` running + `max_queue` waiting; beyond that
+//! [`Engine::submit`] refuses at once, which HTTP maps to 429); a request's events end with
+//! exactly one `Done` or `Error`; text events never split a UTF-8 character and never contain a
+//! stop string or text after it.
+
+use super::adapter::Adapter;
+use super::kv::SlotKv;
+use super::model::{Adapt, Llama};
+use super::sampling::{Sampler, SamplingParams};
+use super::tokenizer::{StreamDecoder, Tokenizer};
+use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+/// Engine limits.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Sequences decoded together (KV slots).
+    pub max_seqs: usize,
+    /// Requests that may wait for a slot.
+    pub max_queue: usize,
+    /// Longest prompt in tokens.
+    pub max_prompt_tokens: usize,
+    /// Largest `max_tokens` a request may ask for (also the default).
+    pub max_new_tokens: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_seqs: 8,
+            max_queue: 32,
+            max_prompt_tokens: 1536,
+            max_new_tokens: 512,
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// EOS or a stop string.
+    Stop,
+    /// `max_tokens` or the model's context.
+    Length,
+}
+
+/// What a request's receiver gets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// More text (may be empty when a token completes no character yet).
+    Text(String),
+    /// The end, with token counts.
+    Done {
+        /// Why.
+        finish: FinishReason,
+        /// Prompt tokens.
+        prompt_tokens: usize,
+        /// Generated tokens.
+        completion_tokens: usize,
+    },
+    /// Generation failed.
+    Error(String),
+}
+
+/// A generation request.
+#[derive(Debug)]
+pub struct GenRequest {
+    /// Prompt token ids.
+    pub prompt: Vec<u32>,
+    /// Adapter name (installed with [`Engine::install`]), or the base model.
+    pub adapter: Option<String>,
+    /// Sampling.
+    pub sampling: SamplingParams,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Stop strings (not included in the output).
+    pub stop: Vec<String>,
+    /// Where events go; dropping the receiver cancels the request.
+    pub events: tokio::sync::mpsc::UnboundedSender<Event>,
+    /// When the request arrived (for time to first token).
+    pub arrived: Instant,
+}
+
+/// What the engine thread receives.
+enum Msg {
+    Gen(GenRequest),
+    Install(String, Adapter),
+    Evict(String),
+}
+
+/// Why a request was refused before it was queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// Running and waiting sequences are at their limits.
+    #[error("the server is at its limit of {0} running and waiting sequences; retry later")]
+    Full(usize),
+    /// The prompt is too long.
+    #[error("the prompt has {got} tokens; this server accepts at most {max}")]
+    PromptTooLong {
+        /// Tokens.
+        got: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// `max_tokens` beyond the limit.
+    #[error("max_tokens {got} exceeds this server's limit of {max}")]
+    TooManyTokens {
+        /// Asked.
+        got: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// Prompt plus `max_tokens` do not fit in the model's context.
+    #[error("prompt ({prompt} tokens) plus max_tokens ({max_tokens}) exceeds the model's context of {context} tokens")]
+    Context {
+        /// Prompt tokens.
+        prompt: usize,
+        /// Asked.
+        max_tokens: usize,
+        /// Context length.
+        context: usize,
+    },
+    /// Empty prompt.
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    /// The engine thread is gone.
+    #[error("the generation engine has stopped")]
+    Stopped,
+}
+
+/// Counters the server exports.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Admitted and not yet finished (running + waiting).
+    pub in_system: AtomicUsize,
+    /// Running now.
+    pub running: AtomicUsize,
+    /// Prompt tokens processed.
+    pub prompt_tokens: AtomicUsize,
+    /// Tokens generated.
+    pub generated_tokens: AtomicUsize,
+    /// Decode steps run.
+    pub steps: AtomicUsize,
+    /// Requests cancelled by their client.
+    pub cancelled: AtomicUsize,
+    /// Largest batch seen in one decode step.
+    pub max_batch: AtomicUsize,
+    /// Steps whose batch mixed two or more adapters (the base model counts as one).
+    pub mixed_steps: AtomicUsize,
+}
+
+/// Handle to the engine thread.
+#[derive(Clone)]
+pub struct Engine {
+    tx: std::sync::mpsc::Sender<Msg>,
+    cfg: EngineConfig,
+    context: usize,
+    /// Live counters.
+    pub stats: Arc<EngineStats>,
+    /// Time-to-first-token observer (seconds), set by the server for its histogram.
+    pub ttft: Arc<dyn Fn(f64) + Send + Sync>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("cfg", &self.cfg).finish()
+    }
+}
+
+impl Engine {
+    /// Starts the engine thread for `model`.
+    pub fn start(model: Llama, tokenizer: Arc<Tokenizer>, cfg: EngineConfig) -> Self {
+        Self::start_observed(model, tokenizer, cfg, Arc::new(|_| {}))
+    }
+
+    /// Like [`Engine::start`], reporting each request's time to first token to `ttft`.
+    pub fn start_observed(
+        model: Llama,
+        tokenizer: Arc<Tokenizer>,
+        cfg: EngineConfig,
+        ttft: Arc<dyn Fn(f64) + Send + Sync>,
+    ) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stats = Arc::new(EngineStats::default());
+        let context = model.cfg.max_position_embeddings;
+        let (stats2, ttft2) = (stats.clone(), ttft.clone());
+        let build = move || Worker {
+            kv: SlotKv::new(
+                model.cfg.num_hidden_layers,
+                cfg.max_seqs,
+                model.cfg.num_key_value_heads,
+                model.cfg.head_dim(),
+                context,
+                tch::Device::Cpu,
+            ),
+            model,
+            tok: tokenizer,
+            stop_ids: Vec::new(),
+            rx,
+            adapters: HashMap::new(),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            free: (0..cfg.max_seqs as i64).rev().collect(),
+            stats: stats2,
+            ttft: ttft2,
+        };
+        let _ = std::thread::Builder::new()
+            .name("llm-engine".into())
+            .spawn(move || build().run());
+        Self {
+            tx,
+            cfg,
+            context,
+            stats,
+            ttft,
+        }
+    }
+
+    /// Limits.
+    pub fn config(&self) -> EngineConfig {
+        self.cfg
+    }
+
+    /// The model's context length.
+    pub fn context(&self) -> usize {
+        self.context
+    }
+
+    /// Hands an adapter to the engine under `name` (replacing one of that name).
+    pub fn install(&self, name: &str, adapter: Adapter) {
+        let _ = self.tx.send(Msg::Install(name.into(), adapter));
+    }
+
+    /// Drops the engine's adapter `name` (running sequences keep theirs).
+    pub fn evict(&self, name: &str) {
+        let _ = self.tx.send(Msg::Evict(name.into()));
+    }
+
+    /// Checks a request against the limits and queues it.
+    pub fn submit(&self, req: GenRequest) -> Result<(), SubmitError> {
+        let (p, m) = (req.prompt.len(), req.max_tokens);
+        if p == 0 {
+            return Err(SubmitError::EmptyPrompt);
+        }
+        if p > self.cfg.max_prompt_tokens {
+            return Err(SubmitError::PromptTooLong {
+                got: p,
+                max: self.cfg.max_prompt_tokens,
+            });
+        }
+        if m > self.cfg.max_new_tokens {
+            return Err(SubmitError::TooManyTokens {
+                got: m,
+                max: self.cfg.max_new_tokens,
+            });
+        }
+        if p + m > self.context {
+            return Err(SubmitError::Context {
+                prompt: p,
+                max_tokens: m,
+                context: self.context,
+            });
+        }
+        let cap = self.cfg.max_seqs + self.cfg.max_queue;
+        let admitted =
+            self.stats
+                .in_system
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < cap).then_some(n + 1)
+                });
+        if admitted.is_err() {
+            return Err(SubmitError::Full(cap));
+        }
+        self.tx.send(Msg::Gen(req)).map_err(|_| {
+            self.stats.in_system.fetch_sub(1, Ordering::AcqRel);
+            SubmitError::Stopped
+        })
+    }
+}
+
+/// One running sequence.
+struct Seq {
+    req: GenRequest,
+    adapter: Option<Rc<Adapter>>,
+    slot: i64,
+    /// Tokens in the cache (the next token goes to this position).
+    pos: i64,
+    last: u32,
+    generated: usize,
+    sampler: Sampler,
+    decoder: StreamDecoder,
+    text: String,
+    emitted: usize,
+    first_token_sent: bool,
+}
+
+struct Worker {
+    model: Llama,
+    tok: Arc<Tokenizer>,
+    kv: SlotKv,
+    stop_ids: Vec<u32>,
+    rx: std::sync::mpsc::Receiver<Msg>,
+    adapters: HashMap<String, Rc<Adapter>>,
+    waiting: VecDeque<GenRequest>,
+    running: Vec<Seq>,
+    /// Free slots; the lowest is taken first (pop from the end) to keep batches consecutive.
+    free: Vec<i64>,
+    stats: Arc<EngineStats>,
+    ttft: Arc<dyn Fn(f64) + Send + Sync>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let _g = tch::no_grad_guard();
+        self.stop_ids = ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>"]
+            .iter()
+            .filter_map(|t| self.tok.token_id(t))
+            .chain(self.tok.eos)
+            .collect();
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                match self.rx.recv() {
+                    Ok(m) => self.receive(m),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(m) = self.rx.try_recv() {
+                self.receive(m);
+            }
+            self.admit();
+            if !self.running.is_empty() {
+                self.step();
+            }
+        }
+    }
+
+    fn receive(&mut self, m: Msg) {
+        match m {
+            Msg::Gen(r) => self.waiting.push_back(r),
+            Msg::Install(name, a) => {
+                self.adapters.insert(name, Rc::new(a));
+            }
+            Msg::Evict(name) => {
+                self.adapters.remove(&name);
+            }
+        }
+    }
+
+    fn release(&mut self) {
+        self.stats.in_system.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn admit(&mut self) {
+        while !self.free.is_empty() {
+            let Some(req) = self.waiting.pop_front() else {
+                return;
+            };
+            if req.events.is_closed() {
+                self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                self.release();
+                continue;
+            }
+            let adapter = match &req.adapter {
+                None => None,
+                Some(name) => match self.adapters.get(name) {
+                    Some(a) => Some(a.clone()),
+                    None => {
+                        let _ = req
+                            .events
+                            .send(Event::Error(format!("adapter `{name}` is not loaded")));
+                        self.release();
+                        continue;
+                    }
+                },
+            };
+            let Some(slot) = self.free.pop() else { return };
+            let prompt: Vec<i64> = req.prompt.iter().map(|&t| t as i64).collect();
+            let logits = self
+                .model
+                .prefill(&prompt, slot, &mut self.kv, adapter.as_deref());
+            self.stats
+                .prompt_tokens
+                .fetch_add(prompt.len(), Ordering::Relaxed);
+            match logits {
+                Ok(l) => {
+                    let row = Vec::<f32>::try_from(l.to_kind(Kind::Float)).unwrap_or_default();
+                    let mut seq = Seq {
+                        adapter,
+                        sampler: Sampler::new(req.sampling.clone()),
+                        pos: prompt.len() as i64,
+                        req,
+                        slot,
+                        last: 0,
+                        generated: 0,
+                        decoder: StreamDecoder::default(),
+                        text: String::new(),
+                        emitted: 0,
+                        first_token_sent: false,
+                    };
+                    let t = seq.sampler.sample(&row);
+                    self.stats.running.fetch_add(1, Ordering::Relaxed);
+                    if self.accept(&mut seq, t) {
+                        self.running.push(seq);
+                    } else {
+                        self.finish_slot(slot);
+                    }
+                }
+                Err(e) => {
+                    let _ = req.events.send(Event::Error(e.to_string()));
+                    self.free.push(slot);
+                    self.release();
+                }
+            }
+        }
+    }
+
+    fn finish_slot(&mut self, slot: i64) {
+        self.free.push(slot);
+        self.free.sort_unstable_by(|a, b| b.cmp(a));
+        self.stats.running.fetch_sub(1, Ordering::Relaxed);
+        self.release();
+    }
+
+    /// Takes a sampled token; false when the sequence is over (its events are complete).
+    fn accept(&mut self, seq: &mut Seq, token: u32) -> bool {
+        if !seq.first_token_sent {
+            seq.first_token_sent = true;
+            (self.ttft)(seq.req.arrived.elapsed().as_secs_f64());
+        }
+        if seq.req.events.is_closed() {
+            self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let done = |seq: &Seq, finish| Event::Done {
+            finish,
+            prompt_tokens: seq.req.prompt.len(),
+            completion_tokens: seq.generated,
+        };
+        if self.stop_ids.contains(&token) {
+            seq.generated += 1;
+            self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
+            let rest = seq.decoder.finish();
+            seq.text.push_str(&rest);
+            self.flush(seq, seq.text.len());
+            let _ = seq.req.events.send(done(seq, FinishReason::Stop));
+            return false;
+        }
+        seq.generated += 1;
+        self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
+        seq.last = token;
+        let piece = seq.decoder.push(&self.tok, token);
+        seq.text.push_str(&piece);
+        // A stop string ends the text where it starts.
+        let search_from = seq
+            .emitted
+            .saturating_sub(seq.req.stop.iter().map(String::len).max().unwrap_or(0));
+        let hit = seq
+            .req
+            .stop
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| {
+                seq.text[search_from..]
+                    .find(s.as_str())
+                    .map(|p| p + search_from)
+            })
+            .min();
+        if let Some(at) = hit {
+            self.flush(seq, at);
+            let _ = seq.req.events.send(done(seq, FinishReason::Stop));
+            return false;
+        }
+        let out_of_room = seq.pos + 1 >= self.model.cfg.max_position_embeddings as i64;
+        if seq.generated >= seq.req.max_tokens || out_of_room {
+            let rest = seq.decoder.finish();
+            seq.text.push_str(&rest);
+            self.flush(seq, seq.text.len());
+            let _ = seq.req.events.send(done(seq, FinishReason::Length));
+            return false;
+        }
+        // Hold back what could still become the start of a stop string.
+        let hold = seq
+            .req
+            .stop
+            .iter()
+            .map(|s| s.len().saturating_sub(1))
+            .max()
+            .unwrap_or(0);
+        let mut upto = seq.text.len().saturating_sub(hold).max(seq.emitted);
+        while !seq.text.is_char_boundary(upto) {
+            upto -= 1;
+        }
+        self.flush(seq, upto);
+        true
+    }
+
+    /// Sends `text[emitted..upto]`.
+    fn flush(&self, seq: &mut Seq, upto: usize) {
+        if upto > seq.emitted {
+            let _ = seq
+                .req
+                .events
+                .send(Event::Text(seq.text[seq.emitted..upto].to_string()));
+            seq.emitted = upto;
+        }
+    }
+
+    fn step(&mut self) {
+        // Rows ordered by slot, so the common case reads a consecutive run of the cache.
+        self.running.sort_by_key(|s| s.slot);
+        let tokens: Vec<i64> = self.running.iter().map(|s| s.last as i64).collect();
+        let slots: Vec<i64> = self.running.iter().map(|s| s.slot).collect();
+        let pos: Vec<i64> = self.running.iter().map(|s| s.pos).collect();
+        // Group rows by adapter identity.
+        let mut groups: Vec<(Rc<Adapter>, Vec<i64>)> = Vec::new();
+        let mut base_rows = 0;
+        for (i, s) in self.running.iter().enumerate() {
+            match &s.adapter {
+                Some(a) => match groups.iter_mut().find(|(g, _)| Rc::ptr_eq(g, a)) {
+                    Some((_, rows)) => rows.push(i as i64),
+                    None => groups.push((a.clone(), vec![i as i64])),
+                },
+                None => base_rows += 1,
+            }
+        }
+        let kinds = groups.len() + usize::from(base_rows > 0);
+        if kinds > 1 {
+            self.stats.mixed_steps.fetch_add(1, Ordering::Relaxed);
+        }
+        let group_refs: Vec<(&Adapter, Tensor)> = groups
+            .iter()
+            .map(|(a, rows)| (a.as_ref(), Tensor::from_slice(rows)))
+            .collect();
+        let adapt = if group_refs.is_empty() {
+            Adapt::None
+        } else {
+            Adapt::Rows(&group_refs)
+        };
+        let result = self
+            .model
+            .decode(&tokens, &slots, &pos, &mut self.kv, adapt)
+            .and_then(|l| Ok(Vec::<f32>::try_from(l.flatten(0, -1))?));
+        self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .max_batch
+            .fetch_max(self.running.len(), Ordering::Relaxed);
+        let rows = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let msg = e.to_string();
+                for s in std::mem::take(&mut self.running) {
+                    let _ = s.req.events.send(Event::Error(msg.clone()));
+                    self.finish_slot(s.slot);
+                }
+                return;
+            }
+        };
+        let vocab = rows.len() / self.running.len().max(1);
+        let mut keep = Vec::with_capacity(self.running.len());
+        for (i, mut seq) in std::mem::take(&mut self.running).into_iter().enumerate() {
+            seq.pos += 1;
+            let t = seq.sampler.sample(&rows[i * vocab..(i + 1) * vocab]);
+            if self.accept(&mut seq, t) {
+                keep.push(seq);
+            } else {
+                self.finish_slot(seq.slot);
+            }
+        }
+        self.running = keep;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::model::{KvCache, LlamaConfig};
+
+    fn setup() -> (Llama, Arc<Tokenizer>) {
+        let tok = Tokenizer::train_byte_level("hello world, the cat sat on the mat", 30);
+        let cfg = LlamaConfig {
+            vocab_size: tok.vocab_size(),
+            hidden_size: 32,
+            intermediate_size: 48,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            tie_word_embeddings: true,
+            max_position_embeddings: 64,
+        };
+        (
+            Llama::random(cfg, 5, tch::Device::Cpu).unwrap(),
+            Arc::new(tok),
+        )
+    }
+
+    fn greedy_reference(m: &Llama, prompt: &[u32], n: usize) -> Vec<u32> {
+        let _g = tch::no_grad_guard();
+        let mut toks: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let l = m
+                .forward(
+                    &Tensor::from_slice(&toks).view([1, -1]),
+                    &mut KvCache::default(),
+                    Adapt::None,
+                )
+                .unwrap();
+            let t = l
+                .select(1, toks.len() as i64 - 1)
+                .argmax(-1, false)
+                .int64_value(&[0]);
+            out.push(t as u32);
+            toks.push(t);
+        }
+        out
+    }
+
+    fn request(
+        prompt: Vec<u32>,
+        max_tokens: usize,
+    ) -> (GenRequest, tokio::sync::mpsc::UnboundedReceiver<Event>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let req = GenRequest {
+            prompt,
+            adapter: None,
+            sampling: SamplingParams {
+                temperature: 0.0,
+                ..Default::default()
+            },
+            max_tokens,
+            stop: vec![],
+            events: tx,
+            arrived: Instant::now(),
+        };
+        (req, rx)
+    }
+
+    fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>) -> (String, Event) {
+        let mut text = String::new();
+        loop {
+            match rx.blocking_recv().expect("events end with Done or Error") {
+                Event::Text(t) => text.push_str(&t),
+                other => return (text, other),
+            }
+        }
+    }
+
+    #[test]
+    fn concurrent_greedy_requests_equal_each_sequence_alone_and_limits_hold() {
+        let (m, tok) = setup();
+        let prompts: Vec<Vec<u32>> = ["hello", "the cat sat", "world, the mat", "sat on"]
+            .iter()
+            .map(|p| tok.encode(p))
+            .collect();
+        let want: Vec<String> = prompts
+            .iter()
+            .map(|p| {
+                let ids = greedy_reference(&m, p, 6);
+                let stop = ids.iter().position(|&t| t == 2).unwrap_or(ids.len());
+                tok.decode(&ids[..stop])
+            })
+            .collect();
+        let engine = Engine::start(
+            m,
+            tok.clone(),
+            EngineConfig {
+                max_seqs: 2,
+                max_queue: 2,
+                max_prompt_tokens: 20,
+                max_new_tokens: 6,
+            },
+        );
+        // Four requests, two slots: two wait and join as others finish.
+        let rxs: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                let (req, rx) = request(p.clone(), 6);
+                engine.submit(req).unwrap();
+                rx
+            })
+            .collect();
+        // A fifth is refused while four are in the system (unless some already finished).
+        let (req, _rx) = request(prompts[0].clone(), 6);
+        if let Err(e) = engine.submit(req) {
+            assert_eq!(e, SubmitError::Full(4));
+        }
+        for (i, rx) in rxs.into_iter().enumerate() {
+            let (text, done) = collect(rx);
+            assert_eq!(text, want[i], "request {i}");
+            assert!(
+                matches!(done, Event::Done { prompt_tokens, .. } if prompt_tokens == prompts[i].len())
+            );
+        }
+        assert!(engine.stats.max_batch.load(Ordering::Relaxed) == 2);
+        let (req, _) = request(vec![5; 21], 1);
+        assert!(matches!(
+            engine.submit(req),
+            Err(SubmitError::PromptTooLong { got: 21, max: 20 })
+        ));
+        let (req, _) = request(vec![5; 3], 7);
+        assert!(matches!(
+            engine.submit(req),
+            Err(SubmitError::TooManyTokens { .. })
+        ));
+        let (req, _) = request(vec![], 1);
+        assert_eq!(engine.submit(req), Err(SubmitError::EmptyPrompt));
+    }
+
+    #[test]
+    fn stop_strings_cut_the_text_and_cancelled_requests_free_their_slot() {
+        let (m, tok) = setup();
+        let prompt = tok.encode("the cat");
+        let full = {
+            let ids = greedy_reference(&m, &prompt, 12);
+            let stop = ids.iter().position(|&t| t == 2).unwrap_or(ids.len());
+            tok.decode(&ids[..stop])
+        };
+        let engine = Engine::start(
+            m,
+            tok.clone(),
+            EngineConfig {
+                max_seqs: 1,
+                ..Default::default()
+            },
+        );
+        // Stop at the third character of the greedy continuation (if it has one).
+        if full.chars().count() >= 4 {
+            let stop: String = full.chars().skip(2).take(2).collect();
+            let (mut req, rx) = request(prompt.clone(), 12);
+            req.stop = vec![stop.clone()];
+            engine.submit(req).unwrap();
+            let (text, done) = collect(rx);
+            assert_eq!(text, full[..full.find(&stop).unwrap()]);
+            assert!(matches!(
+                done,
+                Event::Done {
+                    finish: FinishReason::Stop,
+                    ..
+                }
+            ));
+        }
+        // A dropped receiver cancels; the single slot is then free for the next request.
+        let (req, rx) = request(prompt.clone(), 12);
+        drop(rx);
+        engine.submit(req).unwrap();
+        let (req, rx) = request(prompt.clone(), 3);
+        engine.submit(req).unwrap();
+        let (_, done) = collect(rx);
+        assert!(matches!(done, Event::Done { .. }));
+        assert!(engine.stats.cancelled.load(Ordering::Relaxed) >= 1);
+        assert_eq!(engine.stats.in_system.load(Ordering::Relaxed), 0);
+    }
+}

@@ -39,6 +39,16 @@ pub enum Command {
     Serve(ServeArgs),
     /// Benchmark the server: round trip at concurrency 1/16/64, batching on versus off.
     BenchServe(BenchServeArgs),
+    /// Write the tiny LLM fixtures (GGUF, Hugging Face directory, adapters) used by tests.
+    LlmFixture(LlmFixtureArgs),
+}
+
+/// `cloud-expert llm-fixture`.
+#[derive(Debug, Args)]
+pub struct LlmFixtureArgs {
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// `cloud-expert bench-serve`.
@@ -133,6 +143,64 @@ pub struct ServeArgs {
     /// With --tls-client-ca: also accept clients without a certificate (token auth).
     #[arg(long, env = "CLOUD_EXPERT_TLS_CLIENT_OPTIONAL")]
     pub tls_client_optional: bool,
+    /// LLM serving (OpenAI-compatible API on the HTTP port).
+    #[command(flatten)]
+    pub llm: LlmArgs,
+}
+
+/// `serve` flags for the LLM.
+#[derive(Debug, Clone, Args)]
+pub struct LlmArgs {
+    /// LLM to serve: a LLaMA-family GGUF file or Hugging Face directory.
+    #[arg(long, env = "CLOUD_EXPERT_LLM")]
+    pub llm: Option<PathBuf>,
+    /// The model id clients use for the base model (default: the file or directory name).
+    #[arg(long, env = "CLOUD_EXPERT_LLM_NAME")]
+    pub llm_name: Option<String>,
+    /// Weight precision: f32, bf16, or int8 (weight-only, per-row scales).
+    #[arg(
+        long,
+        env = "CLOUD_EXPERT_LLM_PRECISION",
+        value_enum,
+        default_value = "f32"
+    )]
+    pub llm_precision: crate::llm::linear::Precision,
+    /// Sequences decoded together (continuous batching slots).
+    #[arg(long, env = "CLOUD_EXPERT_LLM_MAX_SEQS", default_value_t = 8)]
+    pub llm_max_seqs: usize,
+    /// Requests that may wait for a slot; beyond running + waiting: HTTP 429.
+    #[arg(long, env = "CLOUD_EXPERT_LLM_MAX_QUEUE", default_value_t = 32)]
+    pub llm_max_queue: usize,
+    /// Longest prompt in tokens; beyond it: HTTP 400 context_length_exceeded.
+    #[arg(
+        long,
+        env = "CLOUD_EXPERT_LLM_MAX_PROMPT_TOKENS",
+        default_value_t = 1536
+    )]
+    pub llm_max_prompt_tokens: usize,
+    /// Largest max_tokens a request may ask for.
+    #[arg(long, env = "CLOUD_EXPERT_LLM_MAX_NEW_TOKENS", default_value_t = 512)]
+    pub llm_max_new_tokens: usize,
+    /// libtorch threads of the generation engine.
+    #[arg(long, env = "CLOUD_EXPERT_LLM_THREADS", default_value_t = 2)]
+    pub llm_threads: usize,
+    /// Adapter to load at start, as NAME=DIR (repeatable).
+    #[arg(long = "adapter", value_name = "NAME=DIR")]
+    pub adapters: Vec<String>,
+    /// Most adapters resident at once (least recently used ones are evicted and reloaded on demand).
+    #[arg(long, env = "CLOUD_EXPERT_MAX_LOADED_ADAPTERS", default_value_t = 4)]
+    pub max_loaded_adapters: usize,
+    /// LSR adapters: expand (to LoRA factors at load) or kron (matrix-free every step).
+    #[arg(
+        long,
+        env = "CLOUD_EXPERT_LSR_MODE",
+        value_enum,
+        default_value = "expand"
+    )]
+    pub lsr_mode: crate::llm::adapters::LsrMode,
+    /// Adapter directories given at run time must lie under this directory.
+    #[arg(long, env = "CLOUD_EXPERT_ADAPTER_ROOT")]
+    pub adapter_root: Option<PathBuf>,
 }
 
 /// Which data and task.

@@ -100,7 +100,58 @@ pub fn serve_config(a: &config::ServeArgs) -> Result<serve::ServeConfig, CloudEr
     cfg.tls = tls;
     cfg.max_in_flight = a.max_in_flight;
     cfg.max_streams_per_connection = a.max_streams;
+    cfg.llm = llm_config(&a.llm)?;
     Ok(cfg)
+}
+
+/// Validates the LLM flags (None without `--llm`).
+fn llm_config(a: &config::LlmArgs) -> Result<Option<serve::llm::LlmServeConfig>, CloudError> {
+    let Some(model) = &a.llm else {
+        if !a.adapters.is_empty() {
+            return Err(CloudError::Config("--adapter needs --llm".into()));
+        }
+        return Ok(None);
+    };
+    if a.llm_max_seqs == 0
+        || a.llm_max_prompt_tokens == 0
+        || a.llm_max_new_tokens == 0
+        || a.llm_threads == 0
+    {
+        return Err(CloudError::Config(
+            "--llm-max-seqs, --llm-max-prompt-tokens, --llm-max-new-tokens and --llm-threads must be positive".into(),
+        ));
+    }
+    let adapters = a
+        .adapters
+        .iter()
+        .map(|s| {
+            s.split_once('=')
+                .map(|(n, d)| (n.to_string(), std::path::PathBuf::from(d)))
+                .ok_or_else(|| CloudError::Config(format!("--adapter `{s}` is not NAME=DIR")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let name = a.llm_name.clone().unwrap_or_else(|| {
+        model
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "llm".into())
+    });
+    Ok(Some(serve::llm::LlmServeConfig {
+        model: model.clone(),
+        name,
+        precision: a.llm_precision,
+        engine: llm::engine::EngineConfig {
+            max_seqs: a.llm_max_seqs,
+            max_queue: a.llm_max_queue,
+            max_prompt_tokens: a.llm_max_prompt_tokens,
+            max_new_tokens: a.llm_max_new_tokens,
+            threads: a.llm_threads,
+        },
+        adapters,
+        max_loaded_adapters: a.max_loaded_adapters.max(1),
+        lsr_mode: a.lsr_mode,
+        adapter_root: a.adapter_root.clone(),
+    }))
 }
 
 /// Binds the serve listeners and runs the server until SIGINT/SIGTERM, printing
@@ -165,6 +216,13 @@ pub fn run(cli: Cli) -> Result<(), CloudError> {
         }
         Command::Bench(a) => bench::run(&a)?,
         Command::BenchServe(a) => bench_serve::run(&a)?,
+        Command::LlmFixture(a) => {
+            llm::fixture::write(&a.out).map_err(|e| CloudError::Load(e.to_string()))?;
+            println!(
+                "wrote tiny.gguf, tiny-hf/ and adapters/ to {}",
+                a.out.display()
+            );
+        }
         Command::Serve(a) => {
             let cfg = serve_config(&a)?;
             let rt = tokio::runtime::Runtime::new().map_err(error::io_err(&a.repo))?;

@@ -34,6 +34,8 @@ pub struct EngineConfig {
     pub max_prompt_tokens: usize,
     /// Largest `max_tokens` a request may ask for (also the default).
     pub max_new_tokens: usize,
+    /// libtorch intra-op threads of the engine thread.
+    pub threads: usize,
 }
 
 impl Default for EngineConfig {
@@ -43,6 +45,7 @@ impl Default for EngineConfig {
             max_queue: 32,
             max_prompt_tokens: 1536,
             max_new_tokens: 512,
+            threads: 2,
         }
     }
 }
@@ -219,7 +222,10 @@ impl Engine {
         };
         let _ = std::thread::Builder::new()
             .name("llm-engine".into())
-            .spawn(move || build().run());
+            .spawn(move || {
+                tch::set_num_threads(cfg.threads as i32);
+                build().run()
+            });
         Self {
             tx,
             cfg,
@@ -683,6 +689,7 @@ mod tests {
                 max_queue: 2,
                 max_prompt_tokens: 20,
                 max_new_tokens: 6,
+                threads: 1,
             },
         );
         // Four requests, two slots: two wait and join as others finish.

@@ -5,6 +5,7 @@
 pub mod adapter;
 pub mod adapters;
 pub mod engine;
+pub mod fixture;
 pub mod gguf;
 pub mod kv;
 pub mod linear;

@@ -627,7 +627,7 @@ mod tests {
     }
 
     #[test]
-    #[allow(clippy::needs_range_loop)]
+    #[allow(clippy::needless_range_loop)]
     fn mixed_adapter_decode_steps_equal_each_sequence_decoded_alone() {
         let _g = tch::no_grad_guard();
         let cfg = LlamaConfig {

@@ -274,6 +274,11 @@ impl Auth {
         }
     }
 
+    /// Whether any admin token is configured.
+    pub fn has_admin(&self) -> bool {
+        !self.admin.is_empty()
+    }
+
     /// Checks an administrative call's credential.
     pub fn authorize_admin(&self, authorization: Option<&str>) -> Result<(), ServeError> {
         if self.admin.is_empty() {

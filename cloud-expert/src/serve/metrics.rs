@@ -120,6 +120,11 @@ impl Metrics {
         }
     }
 
+    /// The registry (for metrics registered by other parts of the server).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Records one finished request.
     pub fn observe(
         &self,

@@ -15,7 +15,10 @@ pub mod grpc_offload;
 pub mod grpc_oip;
 pub mod http;
 pub mod limits;
+pub mod llm;
 pub mod metrics;
+pub mod openai;
+pub mod openai_types;
 pub mod registry;
 pub mod state;
 pub mod tls;
@@ -67,6 +70,8 @@ pub struct ServeConfig {
     pub max_in_flight: usize,
     /// Most concurrent HTTP/2 streams per gRPC connection.
     pub max_streams_per_connection: u32,
+    /// An LLM served through the OpenAI-compatible API on the HTTP port.
+    pub llm: Option<llm::LlmServeConfig>,
 }
 
 impl ServeConfig {
@@ -87,6 +92,7 @@ impl ServeConfig {
             tls: None,
             max_in_flight: 4096,
             max_streams_per_connection: 256,
+            llm: None,
         }
     }
 }
@@ -157,9 +163,11 @@ pub async fn run(
         cfg.keep_versions,
         metrics.clone(),
     );
-    let registry = tokio::task::spawn_blocking(move || Registry::open(&repo, batch, keep, m))
-        .await
-        .map_err(|e| CloudError::Config(format!("loading task failed: {e}")))??;
+    let allow_empty = cfg.llm.is_some();
+    let registry =
+        tokio::task::spawn_blocking(move || Registry::open(&repo, batch, keep, m, allow_empty))
+            .await
+            .map_err(|e| CloudError::Config(format!("loading task failed: {e}")))??;
     let state = Arc::new(ServerState {
         registry: Arc::new(registry),
         metrics,
@@ -173,6 +181,10 @@ pub async fn run(
         telemetry_seen: limits::ReportDedup::new(100_000),
         render_lock: Default::default(),
     });
+    let llm_state = match &cfg.llm {
+        Some(l) => Some(llm::start(l, state.clone()).await?),
+        None => None,
+    };
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -227,7 +239,10 @@ pub async fn run(
     }
     let http_task = match http {
         Some(listener) => {
-            let app = http::app(state.clone());
+            let mut app = http::app(state.clone());
+            if let Some(l) = &llm_state {
+                app = app.merge(openai::router(l.clone()));
+            }
             let stop = stopped();
             Some(match &cfg.tls {
                 Some(t) => {

@@ -106,11 +106,14 @@ pub struct Registry {
 impl Registry {
     /// Loads the newest versions of every model under `repo` (blocking: warms each expert up).
     /// Fails when no model at all could be loaded.
+    /// With `allow_empty` (an LLM-only server) an empty repository is accepted; a repository
+    /// whose models all fail to load is still an error.
     pub fn open(
         repo: &Path,
         batch: BatchConfig,
         keep: usize,
         metrics: Metrics,
+        allow_empty: bool,
     ) -> Result<Self, CloudError> {
         let reg = Self {
             repo: repo.to_path_buf(),
@@ -123,7 +126,7 @@ impl Registry {
             reloading: Mutex::default(),
         };
         let report = reg.reload_all()?;
-        if reg.read().is_empty() {
+        if reg.read().is_empty() && !(allow_empty && report.failed.is_empty()) {
             return Err(CloudError::Config(format!(
                 "no trained model could be loaded from {}{}",
                 repo.display(),

@@ -198,6 +198,9 @@ pub struct LlmArgs {
         default_value = "expand"
     )]
     pub lsr_mode: crate::llm::adapters::LsrMode,
+    /// Artificial pause after each decode step in milliseconds (fault testing only).
+    #[arg(long, env = "CLOUD_EXPERT_LLM_STEP_DELAY_MS", default_value_t = 0)]
+    pub llm_step_delay_ms: u64,
     /// Adapter directories given at run time must lie under this directory.
     #[arg(long, env = "CLOUD_EXPERT_ADAPTER_ROOT")]
     pub adapter_root: Option<PathBuf>,

@@ -36,6 +36,8 @@ pub struct EngineConfig {
     pub max_new_tokens: usize,
     /// libtorch intra-op threads of the engine thread.
     pub threads: usize,
+    /// Artificial pause after every decode step (fault testing only).
+    pub step_delay: std::time::Duration,
 }
 
 impl Default for EngineConfig {
@@ -46,6 +48,7 @@ impl Default for EngineConfig {
             max_prompt_tokens: 1536,
             max_new_tokens: 512,
             threads: 2,
+            step_delay: std::time::Duration::ZERO,
         }
     }
 }
@@ -91,6 +94,8 @@ pub struct GenRequest {
     pub max_tokens: usize,
     /// Stop strings (not included in the output).
     pub stop: Vec<String>,
+    /// Keep generating past end-of-sequence tokens (benchmarks).
+    pub ignore_eos: bool,
     /// Where events go; dropping the receiver cancels the request.
     pub events: tokio::sync::mpsc::UnboundedSender<Event>,
     /// When the request arrived (for time to first token).
@@ -219,6 +224,7 @@ impl Engine {
             free: (0..cfg.max_seqs as i64).rev().collect(),
             stats: stats2,
             ttft: ttft2,
+            step_delay: cfg.step_delay,
         };
         let _ = std::thread::Builder::new()
             .name("llm-engine".into())
@@ -326,6 +332,7 @@ struct Worker {
     free: Vec<i64>,
     stats: Arc<EngineStats>,
     ttft: Arc<dyn Fn(f64) + Send + Sync>,
+    step_delay: std::time::Duration,
 }
 
 impl Worker {
@@ -349,6 +356,9 @@ impl Worker {
             self.admit();
             if !self.running.is_empty() {
                 self.step();
+                if !self.step_delay.is_zero() {
+                    std::thread::sleep(self.step_delay);
+                }
             }
         }
     }
@@ -455,7 +465,7 @@ impl Worker {
             prompt_tokens: seq.req.prompt.len(),
             completion_tokens: seq.generated,
         };
-        if self.stop_ids.contains(&token) {
+        if self.stop_ids.contains(&token) && !seq.req.ignore_eos {
             seq.generated += 1;
             self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
             let rest = seq.decoder.finish();
@@ -650,6 +660,7 @@ mod tests {
             },
             max_tokens,
             stop: vec![],
+            ignore_eos: false,
             events: tx,
             arrived: Instant::now(),
         };
@@ -690,6 +701,7 @@ mod tests {
                 max_prompt_tokens: 20,
                 max_new_tokens: 6,
                 threads: 1,
+                step_delay: std::time::Duration::ZERO,
             },
         );
         // Four requests, two slots: two wait and join as others finish.

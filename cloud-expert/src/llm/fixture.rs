@@ -61,10 +61,19 @@ pub fn write(dir: &Path) -> Result<(), FixtureError> {
         2,
         2,
         2,
-        64.0,
+        8.0,
         Init::SmallRandom,
         Device::Cpu,
-    )?;
+    )?
+    .detached();
+    // Factors large enough that the adapter visibly changes a random model's output.
+    for u in lsr.updates.values() {
+        if let Update::Lsr(x) = u {
+            for t in [&x.a1, &x.a2, &x.b1, &x.b2] {
+                let _ = t.shallow_clone().normal_(0.0, 0.3);
+            }
+        }
+    }
     lsr.save(&dir.join("adapters/lsr"))?;
     let lora = Adapter::new_lora(
         "tiny",

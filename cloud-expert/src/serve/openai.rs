@@ -461,6 +461,7 @@ async fn generate(
             sampling: set.sampling.clone(),
             max_tokens: set.max_tokens,
             stop: set.stop.clone(),
+            ignore_eos: set.ignore_eos,
             events: tx,
             arrived: Instant::now(),
         })

@@ -137,6 +137,9 @@ pub struct Common {
     pub logprobs: Option<Value>,
     /// Not supported when true.
     pub echo: Option<bool>,
+    /// Extension (vLLM's): keep generating past end-of-sequence tokens.
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 /// `POST /v1/completions`.
@@ -202,6 +205,8 @@ pub struct Settings {
     pub stream: bool,
     /// Usage chunk when streaming.
     pub include_usage: bool,
+    /// Generate past EOS.
+    pub ignore_eos: bool,
 }
 
 /// Parses a JSON body, turning serde's message into an OpenAI 400.
@@ -283,6 +288,7 @@ impl Common {
                 .stream_options
                 .as_ref()
                 .is_some_and(|o| o.include_usage),
+            ignore_eos: self.ignore_eos,
         })
     }
 }

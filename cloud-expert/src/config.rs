@@ -41,6 +41,91 @@ pub enum Command {
     BenchServe(BenchServeArgs),
     /// Write the tiny LLM fixtures (GGUF, Hugging Face directory, adapters) used by tests.
     LlmFixture(LlmFixtureArgs),
+    /// Fine-tune an LSR-Adapt (or LoRA) adapter for an LLM on JSONL data.
+    Finetune(FinetuneArgs),
+}
+
+/// `cloud-expert finetune`.
+#[derive(Debug, Args)]
+pub struct FinetuneArgs {
+    /// Base model: GGUF file or Hugging Face directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Training data (JSONL: {"prompt","completion"} or {"messages": [...]}).
+    #[arg(long)]
+    pub train: PathBuf,
+    /// Held-out data for eval loss and exact-match accuracy.
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
+    /// Output adapter directory (adapter_config.json + adapter_model.safetensors).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Adapter kind: lsr or lora.
+    #[arg(long, default_value = "lsr")]
+    pub method: String,
+    /// Modules to adapt, comma-separated from q,k,v,o,gate,up,down.
+    #[arg(long, default_value = "q,v")]
+    pub targets: String,
+    /// LSR separation rank (Kronecker terms per factor).
+    #[arg(long, default_value_t = 8)]
+    pub separation_rank: usize,
+    /// LSR rank factors (bottleneck r1*r2).
+    #[arg(long, default_value_t = 2)]
+    pub r1: usize,
+    /// See --r1.
+    #[arg(long, default_value_t = 2)]
+    pub r2: usize,
+    /// LoRA rank (default: r1*r2, LSR's bottleneck).
+    #[arg(long)]
+    pub lora_r: Option<usize>,
+    /// Scale numerator (LSR: alpha/r1, LoRA: alpha/r).
+    #[arg(long, default_value_t = 16.0)]
+    pub alpha: f64,
+    /// LSR initialisation: zero (LoRA-style, B1 = 0) or small-random (the authors').
+    #[arg(long, default_value = "zero")]
+    pub init: String,
+    /// Learning rate.
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Optimiser steps.
+    #[arg(long, default_value_t = 200)]
+    pub steps: usize,
+    /// Examples per micro-batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Micro-batches per optimiser step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Global gradient-norm clip (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// Evaluate every N steps (0: only at the end).
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: usize,
+    /// Checkpoint every N steps into OUT/checkpoint (0: never).
+    #[arg(long, default_value_t = 50)]
+    pub checkpoint_every: usize,
+    /// Continue from OUT/checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Longest example in tokens (longer ones are skipped).
+    #[arg(long, default_value_t = 256)]
+    pub max_len: usize,
+    /// Tokens generated per eval example for exact match.
+    #[arg(long, default_value_t = 16)]
+    pub max_new_tokens: usize,
+    /// Also evaluate the base model without the adapter.
+    #[arg(long)]
+    pub eval_base: bool,
+    /// libtorch threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
 }
 
 /// `cloud-expert llm-fixture`.

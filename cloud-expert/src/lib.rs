@@ -187,6 +187,110 @@ async fn serve_cmd(a: &config::ServeArgs, cfg: serve::ServeConfig) -> Result<(),
     serve::run(cfg, grpc, http, serve::shutdown_signal(), Some(tx)).await
 }
 
+/// `cloud-expert finetune`: trains, saves, and prints the evaluation table.
+fn finetune_cmd(a: &config::FinetuneArgs) -> Result<(), CloudError> {
+    use llm::finetune::{self, FinetuneConfig, Method};
+    let targets = a
+        .targets
+        .split(',')
+        .map(|t| {
+            llm::adapter::Module::parse(t)
+                .ok_or_else(|| CloudError::Config(format!("--targets: unknown module `{t}`")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let init = match a.init.as_str() {
+        "zero" => llm::lsr::Init::Zero,
+        "small-random" => llm::lsr::Init::SmallRandom,
+        o => {
+            return Err(CloudError::Config(format!(
+                "--init `{o}`: zero or small-random"
+            )))
+        }
+    };
+    let method = match a.method.as_str() {
+        "lsr" => Method::Lsr {
+            s: a.separation_rank,
+            r1: a.r1,
+            r2: a.r2,
+            init,
+        },
+        "lora" => Method::Lora {
+            r: a.lora_r.unwrap_or(a.r1 * a.r2),
+        },
+        o => return Err(CloudError::Config(format!("--method `{o}`: lsr or lora"))),
+    };
+    tch::set_num_threads(a.threads.max(1) as i32);
+    let fail = |e: llm::finetune::FinetuneError| CloudError::Load(e.to_string());
+    let loaded = llm::load::load(&a.model, tch::Device::Cpu)
+        .map_err(|e| CloudError::Load(format!("{}: {e}", a.model.display())))?;
+    let (model, tok) = (&loaded.model, &loaded.tokenizer);
+    let (train, skipped) = finetune::load_jsonl(&a.train, tok, a.max_len).map_err(fail)?;
+    let eval = match &a.eval {
+        Some(p) => finetune::load_jsonl(p, tok, a.max_len).map_err(fail)?.0,
+        None => Vec::new(),
+    };
+    let base_name = a
+        .model
+        .file_stem()
+        .map_or("base".into(), |s| s.to_string_lossy().into_owned());
+    let cfg = FinetuneConfig {
+        method,
+        alpha: a.alpha,
+        targets,
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        steps: a.steps,
+        batch: a.batch,
+        grad_accum: a.grad_accum,
+        clip: a.clip,
+        eval_every: a.eval_every,
+        checkpoint_every: a.checkpoint_every,
+        seed: a.seed,
+        max_len: a.max_len,
+        max_new_tokens: a.max_new_tokens,
+        resume: a.resume,
+        progress: true,
+    };
+    println!(
+        "fine-tuning {} ({}) on {} examples ({} skipped as longer than {} tokens), {} eval",
+        base_name,
+        a.method,
+        train.len(),
+        skipped,
+        a.max_len,
+        eval.len()
+    );
+    if a.eval_base && !eval.is_empty() {
+        let r = finetune::evaluate(model, tok, None, &eval, a.max_new_tokens).map_err(fail)?;
+        println!(
+            "base model: eval loss {:.4}, exact match {:.1}% ({} examples)",
+            r.loss,
+            100.0 * r.accuracy,
+            r.n
+        );
+    }
+    let (_, report) = finetune::run(model, tok, &base_name, &train, &eval, skipped, &cfg, &a.out)
+        .map_err(fail)?;
+    if let Some((step, r)) = report.evals.last() {
+        println!(
+            "{} after {step} steps: eval loss {:.4}, exact match {:.1}% ({} examples)",
+            report.method,
+            r.loss,
+            100.0 * r.accuracy,
+            r.n
+        );
+    }
+    println!(
+        "trainable parameters {} (bottleneck {}), {:.3} s/step, final train loss {:.4}; adapter written to {}",
+        report.trainable_parameters,
+        report.bottleneck,
+        report.seconds_per_step,
+        report.final_train_loss,
+        a.out.display()
+    );
+    Ok(())
+}
+
 /// Runs one command and prints its result.
 pub fn run(cli: Cli) -> Result<(), CloudError> {
     match cli.command {
@@ -217,6 +321,7 @@ pub fn run(cli: Cli) -> Result<(), CloudError> {
         }
         Command::Bench(a) => bench::run(&a)?,
         Command::BenchServe(a) => bench_serve::run(&a)?,
+        Command::Finetune(a) => finetune_cmd(&a)?,
         Command::LlmFixture(a) => {
             llm::fixture::write(&a.out).map_err(|e| CloudError::Load(e.to_string()))?;
             println!(

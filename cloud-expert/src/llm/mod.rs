@@ -5,7 +5,9 @@
 pub mod adapter;
 pub mod adapters;
 pub mod engine;
+pub mod finetune;
 pub mod fixture;
+pub mod generate;
 pub mod gguf;
 pub mod kv;
 pub mod linear;

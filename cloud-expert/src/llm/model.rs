@@ -379,6 +379,22 @@ impl Llama {
         cache: &mut KvCache,
         adapt: Adapt<'_>,
     ) -> Result<Tensor, ModelError> {
+        Ok(self.head(&self.forward_hidden(tokens, cache, adapt)?))
+    }
+
+    /// Logits for hidden states from [`Llama::forward_hidden`] (any leading shape): training
+    /// computes them only at the positions that carry a loss.
+    pub fn head(&self, hidden: &Tensor) -> Tensor {
+        self.logits(hidden)
+    }
+
+    /// The last block's output (batch, T, hidden), before the final norm and the output head.
+    pub fn forward_hidden(
+        &self,
+        tokens: &Tensor,
+        cache: &mut KvCache,
+        adapt: Adapt<'_>,
+    ) -> Result<Tensor, ModelError> {
         let (b, t) = tokens.size2()?;
         let start = cache.len();
         self.check_positions(start + t)?;
@@ -412,7 +428,7 @@ impl Llama {
             x = &x + self.linear(l, Module::OProj, &attn, adapt);
             x = self.mlp(l, &x, adapt);
         }
-        Ok(self.logits(&x))
+        Ok(x)
     }
 
     fn heads(&self) -> (i64, i64, i64) {

@@ -15,7 +15,7 @@ export PATH := $(VENV)/bin:$(PATH)
 CARGO ?= cargo
 DEMO_OUT ?= $(CURDIR)/demo-out
 
-.PHONY: setup build demo test bench bench-peer fuzz lint clean-venv
+.PHONY: setup build demo test bench bench-peer bench-llm finetune-compare llm-demo fuzz lint clean-venv
 
 $(VENV)/.ready: scripts/requirements.txt
 	@bash scripts/setup-venv.sh "$(VENV)"
@@ -53,6 +53,19 @@ bench: setup
 	$(CARGO) build --profile edge -p edge-client
 	bash scripts/bench.sh "$(CURDIR)/bench-out"
 	bash scripts/bench-peer.sh "$(CURDIR)/bench-out"
+	bash scripts/bench-llm.sh
+
+bench-llm: setup
+	$(CARGO) build --release --bins
+	bash scripts/bench-llm.sh
+
+finetune-compare: setup
+	$(CARGO) build --release --bins
+	bash scripts/finetune-compare.sh
+
+llm-demo: setup
+	$(CARGO) build --release --bins
+	bash scripts/llm-demo.sh "$(DEMO_OUT)"
 
 bench-peer: setup
 	$(CARGO) build --release --bins

@@ -36,7 +36,13 @@ ce eval --repo "$repo" --model digits --grid "1,0.25" --predictions-out "$out/of
 python3 "$(dirname "$0")/fleet.py" "$bin" "$repo" digits "$out/legacy-digits.onnx" "$out" 4
 
 echo
+if [ "${LLM_DEMO:-1}" != 0 ]; then
+  echo "== 7. LLM: fine-tune an LSR-Adapt adapter for SmolLM2-135M and serve it (OpenAI API); LLM_DEMO=0 skips"
+  bash "$(dirname "$0")/llm-demo.sh" "$out" "${LLM_DEMO_STEPS:-40}"
+  echo
+fi
 echo "demo outputs in $out:"
 echo "  model repository   $repo/<model>/<version>/ (expert, rejector.onnx, legacy.onnx, report.json)"
 echo "  curves             $repo/digits/1/curves.svg, $repo/oddeven/1/curves.svg, $repo/digits-plain/1/curves.svg"
 echo "  device decisions   $out/edge-decisions.jsonl (offline), $out/edge-<i>.jsonl (live fleet)"
+echo "  LLM adapter        $out/llm/dates-lsr/ (adapter_config.json, adapter_model.safetensors, finetune_report.json)"

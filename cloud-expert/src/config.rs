@@ -43,6 +43,31 @@ pub enum Command {
     LlmFixture(LlmFixtureArgs),
     /// Fine-tune an LSR-Adapt (or LoRA) adapter for an LLM on JSONL data.
     Finetune(FinetuneArgs),
+    /// Benchmark LLM generation (tokens/s, first token, adapter overheads, Kronecker forward).
+    BenchLlm(BenchLlmArgs),
+}
+
+/// `cloud-expert bench-llm`.
+#[derive(Debug, Args)]
+pub struct BenchLlmArgs {
+    /// Model: GGUF file or Hugging Face directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// New tokens per sequence.
+    #[arg(long, default_value_t = 64)]
+    pub tokens: usize,
+    /// Precisions, comma-separated from f32, bf16, int8.
+    #[arg(long, default_value = "f32,bf16,int8")]
+    pub precisions: String,
+    /// transformers' figures (JSON from scripts/bench_transformers.py) to compare with.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// libtorch threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
 }
 
 /// `cloud-expert finetune`.

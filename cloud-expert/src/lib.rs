@@ -322,6 +322,25 @@ pub fn run(cli: Cli) -> Result<(), CloudError> {
         Command::Bench(a) => bench::run(&a)?,
         Command::BenchServe(a) => bench_serve::run(&a)?,
         Command::Finetune(a) => finetune_cmd(&a)?,
+        Command::BenchLlm(a) => {
+            use clap::ValueEnum;
+            let precisions = a
+                .precisions
+                .split(',')
+                .map(|p| {
+                    llm::linear::Precision::from_str(p.trim(), true)
+                        .map_err(|e| CloudError::Config(format!("--precisions: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            llm::bench::run(&llm::bench::BenchConfig {
+                model: a.model.clone(),
+                tokens: a.tokens.max(2),
+                precisions,
+                reference: a.reference.clone(),
+                json: a.json.clone(),
+                threads: a.threads.max(1),
+            });
+        }
         Command::LlmFixture(a) => {
             llm::fixture::write(&a.out).map_err(|e| CloudError::Load(e.to_string()))?;
             println!(

@@ -520,7 +520,9 @@ pub fn run(
         tracing::info!(step, "resumed from checkpoint");
     }
     let pad = end_token(tok).unwrap_or(0);
-    let bar = if cfg.progress {
+    use std::io::IsTerminal;
+    let plain = cfg.progress && !std::io::stderr().is_terminal();
+    let bar = if cfg.progress && !plain {
         indicatif::ProgressBar::new(cfg.steps as u64)
     } else {
         indicatif::ProgressBar::hidden()
@@ -552,6 +554,13 @@ pub fn run(
         last_loss = loss_sum;
         bar.set_position(step as u64);
         bar.set_message(format!("loss {loss_sum:.4}  |g| {norm:.3}"));
+        if plain && (step.is_multiple_of(10) || step == cfg.steps) {
+            eprintln!(
+                "step {step}/{}: loss {loss_sum:.4}, |g| {norm:.3}, {:.2} s/step",
+                cfg.steps,
+                step_times.iter().sum::<f64>() / step_times.len() as f64
+            );
+        }
         if cfg.eval_every > 0
             && step.is_multiple_of(cfg.eval_every)
             && step < cfg.steps
@@ -564,11 +573,16 @@ pub fn run(
                 eval,
                 cfg.max_new_tokens,
             )?;
-            bar.println(format!(
+            let line = format!(
                 "step {step}: eval loss {:.4}, exact match {:.1}%",
                 r.loss,
                 100.0 * r.accuracy
-            ));
+            );
+            if plain {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
             evals.push((step, r));
         }
         if cfg.checkpoint_every > 0 && step.is_multiple_of(cfg.checkpoint_every) {

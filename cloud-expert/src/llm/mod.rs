@@ -4,6 +4,7 @@
 
 pub mod adapter;
 pub mod adapters;
+pub mod bench;
 pub mod engine;
 pub mod finetune;
 pub mod fixture;

@@ -13,8 +13,13 @@ mkdir -p "$out"
 common=(--model "$model" --train shared/data/llm/dates/train.jsonl --eval shared/data/llm/dates/eval.jsonl
         --targets q,k,v,o,gate,up,down --steps "$steps" --batch 8 --lr 5e-3 --alpha 16
         --eval-every 50 --checkpoint-every 50 --seed 0)
-"$bin" finetune "${common[@]}" --method lsr --separation-rank 8 --r1 2 --r2 2 --eval-base --out "$out/lsr" | tee "$out/lsr.log"
-"$bin" finetune "${common[@]}" --method lora --lora-r 4 --out "$out/lora" | tee "$out/lora.log"
+only="${ONLY:-lsr lora}"   # ONLY=lora re-runs one method
+for m in $only; do
+  case $m in
+    lsr) "$bin" finetune "${common[@]}" --method lsr --separation-rank 8 --r1 2 --r2 2 --eval-base --out "$out/lsr" | tee "$out/lsr.log" ;;
+    lora) "$bin" finetune "${common[@]}" --method lora --lora-r 4 --out "$out/lora" | tee "$out/lora.log" ;;
+  esac
+done
 python3 - "$out" <<'PY'
 import json, sys, re
 out = sys.argv[1]

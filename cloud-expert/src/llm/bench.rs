@@ -60,13 +60,28 @@ fn adapters(cfg: &super::model::LlamaConfig) -> (Adapter, Adapter) {
     let _g = tch::no_grad_guard();
     tch::manual_seed(7);
     let lsr = Adapter::new_lsr(
-        "bench", cfg, &Module::ALL, 8, 2, 2, 16.0, Init::SmallRandom, Device::Cpu,
+        "bench",
+        cfg,
+        &Module::ALL,
+        8,
+        2,
+        2,
+        16.0,
+        Init::SmallRandom,
+        Device::Cpu,
     )
     .map(|a| a.detached())
     .unwrap_or_else(|e| panic!("bench adapter: {e}"));
-    let lora = Adapter::new_lora("bench", cfg, &[Module::QProj, Module::VProj], 4, 16.0, Device::Cpu)
-        .map(|a| a.detached())
-        .unwrap_or_else(|e| panic!("bench adapter: {e}"));
+    let lora = Adapter::new_lora(
+        "bench",
+        cfg,
+        &[Module::QProj, Module::VProj],
+        4,
+        16.0,
+        Device::Cpu,
+    )
+    .map(|a| a.detached())
+    .unwrap_or_else(|e| panic!("bench adapter: {e}"));
     for u in lora.updates.values() {
         if let Update::Lora(x) = u {
             let _ = x.b.shallow_clone().normal_(0.0, 0.01);
@@ -84,7 +99,12 @@ pub struct GenFigures {
     pub ttft_ms: f64,
 }
 
-fn run_engine(engine: &Engine, prompt: &[u32], adapters: &[Option<&str>], tokens: usize) -> GenFigures {
+fn run_engine(
+    engine: &Engine,
+    prompt: &[u32],
+    adapters: &[Option<&str>],
+    tokens: usize,
+) -> GenFigures {
     let t0 = Instant::now();
     let rxs: Vec<_> = adapters
         .iter()
@@ -115,7 +135,9 @@ fn run_engine(engine: &Engine, prompt: &[u32], adapters: &[Option<&str>], tokens
         while let Some(ev) = rx.blocking_recv() {
             match ev {
                 Event::Text(_) if first.is_none() => first = Some(t0.elapsed().as_secs_f64()),
-                Event::Done { completion_tokens, .. } => {
+                Event::Done {
+                    completion_tokens, ..
+                } => {
                     generated += completion_tokens;
                     break;
                 }
@@ -136,20 +158,27 @@ fn run_engine(engine: &Engine, prompt: &[u32], adapters: &[Option<&str>], tokens
 fn decode_ms(model: &Llama, prompt: &[i64], adapter: Option<&Adapter>, n: usize) -> f64 {
     let _g = tch::no_grad_guard();
     let c = &model.cfg;
-    let mut kv = SlotKv::new(c.num_hidden_layers, 1, c.num_key_value_heads, c.head_dim(), c.max_position_embeddings, Device::Cpu);
+    let mut kv = SlotKv::new(
+        c.num_hidden_layers,
+        1,
+        c.num_key_value_heads,
+        c.head_dim(),
+        c.max_position_embeddings,
+        Device::Cpu,
+    );
     let adapt = adapter.map_or(Adapt::None, Adapt::All);
-    let l = model.prefill(prompt, 0, &mut kv, adapter).unwrap_or_else(|e| panic!("{e}"));
+    let l = model
+        .prefill(prompt, 0, &mut kv, adapter)
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut tok = l.argmax(-1, false).int64_value(&[]);
-    let mut pos = prompt.len() as i64;
     let mut times = Vec::new();
-    for _ in 0..n {
+    for pos in (prompt.len() as i64..).take(n) {
         let t0 = Instant::now();
         let out = model
             .decode(&[tok], &[0], &[pos], &mut kv, adapt)
             .unwrap_or_else(|e| panic!("{e}"));
         tok = out.argmax(-1, false).int64_value(&[0]);
         times.push(t0.elapsed().as_secs_f64());
-        pos += 1;
     }
     times.sort_by(f64::total_cmp);
     1e3 * times[times.len() / 2]
@@ -194,7 +223,10 @@ pub fn run(cfg: &BenchConfig) -> serde_json::Value {
         .as_ref()
         .and_then(|p| std::fs::read_to_string(p).ok())
         .and_then(|t| serde_json::from_str(&t).ok());
-    println!("memory read bandwidth: {bw:.1} GB/s (best of 5 float32 sums over 512 MiB, {} threads)", cfg.threads);
+    println!(
+        "memory read bandwidth: {bw:.1} GB/s (best of 5 float32 sums over 512 MiB, {} threads)",
+        cfg.threads
+    );
     let mut results = serde_json::json!({"bandwidth_gb_s": bw, "tokens": cfg.tokens});
     if let Some(r) = &reference {
         println!(
@@ -229,7 +261,9 @@ pub fn run(cfg: &BenchConfig) -> serde_json::Value {
         engine.install("lora", lora);
         let _ = run_engine(&engine, &prompt, &[None], 8); // warm-up
         let b1 = run_engine(&engine, &prompt, &[None], cfg.tokens);
-        let mixed: Vec<Option<&str>> = (0..8).map(|i| [None, Some("lsr"), Some("lora")][i % 3]).collect();
+        let mixed: Vec<Option<&str>> = (0..8)
+            .map(|i| [None, Some("lsr"), Some("lora")][i % 3])
+            .collect();
         let b8 = run_engine(&engine, &prompt, &mixed, cfg.tokens);
         let b8_base = run_engine(&engine, &prompt, &[None; 8], cfg.tokens);
         let ratio = |ours: f64, key: &str| {
@@ -241,19 +275,31 @@ pub fn run(cfg: &BenchConfig) -> serde_json::Value {
         println!(
             "| {p:?} | {:.0} MB | {bound:.1} tok/s | {:.1}{} | {:.1}{} | {:.1} | {:.0} ms{} |",
             bytes as f64 / 1e6,
-            b1.tokens_per_s, ratio(b1.tokens_per_s, "b1_tok_s"),
-            b8.tokens_per_s, ratio(b8.tokens_per_s, "b8_tok_s"),
+            b1.tokens_per_s,
+            ratio(b1.tokens_per_s, "b1_tok_s"),
+            b8.tokens_per_s,
+            ratio(b8.tokens_per_s, "b8_tok_s"),
             b8_base.tokens_per_s,
             b1.ttft_ms,
-            reference.as_ref().and_then(|r| r["ttft_ms"].as_f64()).map_or(String::new(), |t| format!(" (transformers {t:.0} ms)")),
+            reference
+                .as_ref()
+                .and_then(|r| r["ttft_ms"].as_f64())
+                .map_or(String::new(), |t| format!(" (transformers {t:.0} ms)")),
         );
-        rows.push(serde_json::json!({"precision": p, "bytes_per_step": bytes, "bound_tok_s": bound,
-            "b1": b1, "b8_mixed": b8, "b8_base": b8_base}));
+        rows.push(
+            serde_json::json!({"precision": p, "bytes_per_step": bytes, "bound_tok_s": bound,
+            "b1": b1, "b8_mixed": b8, "b8_base": b8_base}),
+        );
     }
     results["engine"] = serde_json::json!(rows);
     // Adapter overhead at batch 1, float32.
     let l = load_at(&cfg.model, Precision::F32);
-    let prompt: Vec<i64> = l.tokenizer.encode(PROMPT).iter().map(|&t| t as i64).collect();
+    let prompt: Vec<i64> = l
+        .tokenizer
+        .encode(PROMPT)
+        .iter()
+        .map(|&t| t as i64)
+        .collect();
     let (lsr, _) = adapters(&l.model.cfg);
     let n = 24;
     let base = decode_ms(&l.model, &prompt, None, n);
@@ -263,7 +309,9 @@ pub fn run(cfg: &BenchConfig) -> serde_json::Value {
     let merged = decode_ms(&merged_model, &prompt, None, n);
     drop(merged_model);
     println!("\nLSR adapter on all 7 modules of all {} blocks (s = 8, r1 = r2 = 2), float32, batch 1, median ms per token:", l.model.cfg.num_hidden_layers);
-    println!("| base | LSR unmerged, matrix-free | LSR expanded to LoRA factors | LSR merged into W |");
+    println!(
+        "| base | LSR unmerged, matrix-free | LSR expanded to LoRA factors | LSR merged into W |"
+    );
     println!("|---|---|---|---|");
     println!(
         "| {base:.2} | {kron:.2} (+{:.0}%) | {expanded:.2} (+{:.0}%) | {merged:.2} (+{:.0}%) |",
@@ -279,13 +327,19 @@ pub fn run(cfg: &BenchConfig) -> serde_json::Value {
     for (o, i) in [(576, 576), (1536, 576), (576, 1536)] {
         for rows in [1, 64] {
             let (free, mat) = kron_vs_materialised(o, i, rows);
-            println!("| {o}x{i} | {rows} | {free:.0} | {mat:.0} | {:.1}x |", mat / free);
+            println!(
+                "| {o}x{i} | {rows} | {free:.0} | {mat:.0} | {:.1}x |",
+                mat / free
+            );
             kr.push(serde_json::json!({"d_out": o, "d_in": i, "tokens": rows, "matrix_free_us": free, "materialised_us": mat}));
         }
     }
     results["kronecker"] = serde_json::json!(kr);
     if let Some(p) = &cfg.json {
-        let _ = std::fs::write(p, serde_json::to_string_pretty(&results).unwrap_or_default());
+        let _ = std::fs::write(
+            p,
+            serde_json::to_string_pretty(&results).unwrap_or_default(),
+        );
     }
     results
 }

@@ -205,6 +205,7 @@ impl Engine {
         let stats = Arc::new(EngineStats::default());
         let context = model.cfg.max_position_embeddings;
         let (stats2, ttft2) = (stats.clone(), ttft.clone());
+        let uses_kernel = model.precision() == super::linear::Precision::F32;
         let build = move || Worker {
             kv: SlotKv::new(
                 model.cfg.num_hidden_layers,
@@ -225,12 +226,21 @@ impl Engine {
             stats: stats2,
             ttft: ttft2,
             step_delay: cfg.step_delay,
+            threads: cfg.threads.max(1),
         };
         let _ = std::thread::Builder::new()
             .name("llm-engine".into())
             .spawn(move || {
-                tch::set_num_threads(cfg.threads as i32);
-                build().run()
+                // The engine loop runs as one of the decoding kernel's workers, so its own
+                // libtorch work and the kernel's threads never oversubscribe the cores.
+                super::linear::init_kernel_threads(cfg.threads);
+                // Thread use per phase: see `Worker::phase_threads`.
+                if uses_kernel {
+                    // Float32 decoding uses the kernel: run the loop as one of its workers.
+                    super::linear::run_in_kernel_pool(move || build().run())
+                } else {
+                    build().run()
+                }
             });
         Self {
             tx,
@@ -317,6 +327,17 @@ struct Seq {
     text: String,
     emitted: usize,
     first_token_sent: bool,
+    /// The terminal event, sent after the slot is released (so a client that sees `Done` can
+    /// submit again at once).
+    last_event: Option<Event>,
+}
+
+impl Seq {
+    fn send_last(&mut self) {
+        if let Some(e) = self.last_event.take() {
+            let _ = self.req.events.send(e);
+        }
+    }
 }
 
 struct Worker {
@@ -333,9 +354,25 @@ struct Worker {
     stats: Arc<EngineStats>,
     ttft: Arc<dyn Fn(f64) + Send + Sync>,
     step_delay: std::time::Duration,
+    threads: usize,
 }
 
 impl Worker {
+    /// libtorch threads for a phase. Prompts (large GEMMs) and bf16/int8 weights (libtorch's
+    /// kernels) use all threads; float32 decoding runs its matrices in the multi-threaded
+    /// kernel and keeps libtorch on one thread, because libtorch's OpenMP workers would
+    /// otherwise wake (or spin) for each of the step's many small ops on the same cores.
+    fn phase_threads(&self, prefill: bool) {
+        let n = if prefill || self.model.precision() != super::linear::Precision::F32 {
+            self.threads
+        } else {
+            1
+        };
+        if tch::get_num_threads() != n as i32 {
+            tch::set_num_threads(n as i32);
+        }
+    }
+
     fn run(mut self) {
         let _g = tch::no_grad_guard();
         self.stop_ids = ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>"]
@@ -403,6 +440,7 @@ impl Worker {
                 },
             };
             let Some(slot) = self.free.pop() else { return };
+            self.phase_threads(true);
             let prompt: Vec<i64> = req.prompt.iter().map(|&t| t as i64).collect();
             let logits = self
                 .model
@@ -425,6 +463,7 @@ impl Worker {
                         text: String::new(),
                         emitted: 0,
                         first_token_sent: false,
+                        last_event: None,
                     };
                     let t = seq.sampler.sample(&row);
                     self.stats.running.fetch_add(1, Ordering::Relaxed);
@@ -432,6 +471,7 @@ impl Worker {
                         self.running.push(seq);
                     } else {
                         self.finish_slot(slot);
+                        seq.send_last();
                     }
                 }
                 Err(e) => {
@@ -471,7 +511,7 @@ impl Worker {
             let rest = seq.decoder.finish();
             seq.text.push_str(&rest);
             self.flush(seq, seq.text.len());
-            let _ = seq.req.events.send(done(seq, FinishReason::Stop));
+            seq.last_event = Some(done(seq, FinishReason::Stop));
             return false;
         }
         seq.generated += 1;
@@ -496,7 +536,7 @@ impl Worker {
             .min();
         if let Some(at) = hit {
             self.flush(seq, at);
-            let _ = seq.req.events.send(done(seq, FinishReason::Stop));
+            seq.last_event = Some(done(seq, FinishReason::Stop));
             return false;
         }
         let out_of_room = seq.pos + 1 >= self.model.cfg.max_position_embeddings as i64;
@@ -504,7 +544,7 @@ impl Worker {
             let rest = seq.decoder.finish();
             seq.text.push_str(&rest);
             self.flush(seq, seq.text.len());
-            let _ = seq.req.events.send(done(seq, FinishReason::Length));
+            seq.last_event = Some(done(seq, FinishReason::Length));
             return false;
         }
         // Hold back what could still become the start of a stop string.
@@ -565,6 +605,7 @@ impl Worker {
         } else {
             Adapt::Rows(&group_refs)
         };
+        self.phase_threads(false);
         let result = self
             .model
             .decode(&tokens, &slots, &pos, &mut self.kv, adapt)
@@ -593,6 +634,7 @@ impl Worker {
                 keep.push(seq);
             } else {
                 self.finish_slot(seq.slot);
+                seq.send_last();
             }
         }
         self.running = keep;

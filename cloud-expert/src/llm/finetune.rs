@@ -443,7 +443,7 @@ fn load_checkpoint(out: &Path, adapter: &Adapter, opt: &mut AdamW) -> Result<usi
     }
     let _g = tch::no_grad_guard();
     for (dst, src) in adapter.tensors().iter().zip(saved.tensors()) {
-        let _ = dst.shallow_clone().copy_(&src);
+        dst.shallow_clone().copy_(&src);
     }
     let st = dir.join("optimizer.safetensors");
     let named: std::collections::HashMap<String, Tensor> =
@@ -456,8 +456,8 @@ fn load_checkpoint(out: &Path, adapter: &Adapter, opt: &mut AdamW) -> Result<usi
                 st.display()
             )));
         };
-        let _ = m.copy_(sm);
-        let _ = v.copy_(sv);
+        m.copy_(sm);
+        v.copy_(sv);
     }
     let state: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("state.json"))
@@ -469,7 +469,7 @@ fn load_checkpoint(out: &Path, adapter: &Adapter, opt: &mut AdamW) -> Result<usi
 }
 
 /// The examples of micro-batch `k` (a pure function of seed and k: epochs are reshuffled).
-fn micro_batch<'a>(train: &'a [Example], k: usize, batch: usize, seed: u64) -> Vec<&'a Example> {
+fn micro_batch(train: &[Example], k: usize, batch: usize, seed: u64) -> Vec<&Example> {
     let n = train.len();
     let order = |epoch: usize| {
         let mut order: Vec<usize> = (0..n).collect();

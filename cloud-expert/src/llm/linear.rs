@@ -1,13 +1,36 @@
 //! Frozen linear-layer weights in the precision the server decodes with.
 //!
-//! - `F32`: the loaded weights as they are (shares their storage).
+//! - `F32`: the loaded weights as they are (shares their storage); for serving
+//!   ([`Weight::new_serving`]) also a Rust copy that the multi-threaded decoding kernel of
+//!   `offload-kernels` streams once per step (libtorch's float32 GEMV uses one thread here).
 //! - `Bf16`: bfloat16 weights and activations inside the GEMM (half the bytes per token; fast on
 //!   CPUs with AVX512-BF16 or AMX), float32 outside.
 //! - `Int8`: weight-only int8 with one symmetric scale per output row (`w ~ scale * q`), through
 //!   ATen's `_weight_int8pack_mm` with bfloat16 activations (its float32-activation kernel is a
 //!   slow fallback on CPU, 8x slower here): a quarter of the float32 bytes per token.
 
+use std::sync::OnceLock;
 use tch::{Kind, Tensor};
+
+static POOL: OnceLock<offload_kernels::Pool> = OnceLock::new();
+
+/// Sets the decoding kernel's thread count (first call wins; default 2).
+pub fn init_kernel_threads(threads: usize) {
+    let _ = POOL.get_or_init(|| {
+        offload_kernels::Pool::new(threads).unwrap_or_else(|e| panic!("kernel pool: {e}"))
+    });
+}
+
+/// Runs `f` as one of the decoding kernel's worker threads (see `offload_kernels::Pool::install`).
+pub fn run_in_kernel_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    pool().install(f)
+}
+
+fn pool() -> &'static offload_kernels::Pool {
+    POOL.get_or_init(|| {
+        offload_kernels::Pool::new(2).unwrap_or_else(|e| panic!("kernel pool: {e}"))
+    })
+}
 
 /// Weight precision for decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
@@ -27,6 +50,17 @@ pub enum Precision {
 pub enum Weight {
     /// float32.
     F32(Tensor),
+    /// float32 with a row-major copy for the decoding kernel.
+    F32Rows {
+        /// The tensor (training and wide inputs).
+        t: Tensor,
+        /// (d_out * d_in) row-major.
+        data: Vec<f32>,
+        /// d_out.
+        n: usize,
+        /// d_in.
+        k: usize,
+    },
     /// bfloat16.
     Bf16(Tensor),
     /// int8 rows and their float32 scales (d_out).
@@ -58,10 +92,51 @@ impl Weight {
         }
     }
 
+    /// Like [`Weight::new`], but float32 weights also get the decoding kernel's copy.
+    pub fn new_serving(w: &Tensor, precision: Precision) -> Self {
+        if precision != Precision::F32 {
+            return Self::new(w, precision);
+        }
+        let (n, k) = (w.size()[0] as usize, w.size()[1] as usize);
+        match Vec::<f32>::try_from(w.to_kind(Kind::Float).contiguous().flatten(0, -1)) {
+            Ok(data) => Weight::F32Rows {
+                t: w.shallow_clone(),
+                data,
+                n,
+                k,
+            },
+            Err(_) => Weight::F32(w.shallow_clone()),
+        }
+    }
+
     /// `x W^T` for `x` of shape (..., d_in), float32 in and out.
     pub fn apply(&self, x: &Tensor) -> Tensor {
         match self {
             Weight::F32(w) => x.linear::<&Tensor>(w, None),
+            Weight::F32Rows { t, data, n, k } => {
+                let size = x.size();
+                let rows: i64 = size[..size.len() - 1].iter().product();
+                // The kernel serves decoding (up to 8 rows: there it streams the weights at
+                // memory speed); prompts (MKL's blocked GEMM is faster from ~16 rows) and
+                // anything that needs a gradient go to libtorch.
+                if rows > 8 || x.requires_grad() || x.kind() != Kind::Float {
+                    return x.linear::<&Tensor>(t, None);
+                }
+                let Ok(xs) = Vec::<f32>::try_from(x.contiguous().view([-1])) else {
+                    return x.linear::<&Tensor>(t, None);
+                };
+                let b = rows as usize;
+                let mut out = vec![0f32; n * b];
+                pool().matmul_t(data, *n, *k, &xs, b, &mut out);
+                let mut shape = size[..size.len() - 1].to_vec();
+                shape.push(*n as i64);
+                let y = Tensor::from_slice(&out).view([*n as i64, rows]);
+                if b == 1 {
+                    y.view(shape.as_slice())
+                } else {
+                    y.tr().contiguous().view(shape.as_slice())
+                }
+            }
             Weight::Bf16(w) => x
                 .to_kind(Kind::BFloat16)
                 .linear::<&Tensor>(w, None)
@@ -83,7 +158,9 @@ impl Weight {
     /// Bytes read per use.
     pub fn bytes(&self) -> usize {
         match self {
-            Weight::F32(w) | Weight::Bf16(w) => w.numel() * w.kind().elt_size_in_bytes(),
+            Weight::F32(w) | Weight::Bf16(w) | Weight::F32Rows { t: w, .. } => {
+                w.numel() * w.kind().elt_size_in_bytes()
+            }
             Weight::Int8 { q, scales } => q.numel() + 2 * scales.numel(),
         }
     }
@@ -113,6 +190,17 @@ mod tests {
             assert!(rel < tol, "{p:?}: relative error {rel}");
         }
         assert_eq!(Weight::new(&w, Precision::Int8).bytes(), 48 * 64 + 2 * 48);
+        // The decoding kernel agrees with libtorch for 1 and several rows.
+        let fast = Weight::new_serving(&w, Precision::F32);
+        assert!(matches!(fast, Weight::F32Rows { .. }));
+        for rows in [1, 5] {
+            let x = Tensor::randn([rows, 1, 64], (Kind::Float, tch::Device::Cpu));
+            let d = (fast.apply(&x) - x.matmul(&w.tr()))
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(d < 1e-4, "{rows} rows: {d}");
+        }
         assert_eq!(Weight::new(&w, Precision::F32).bytes(), 48 * 64 * 4);
     }
 }

@@ -204,11 +204,13 @@ pub struct LoraAdapter {
 }
 
 impl LoraAdapter {
-    /// LoRA of rank `r` for a (d_out x d_in) layer: `A ~ N(0, 1/r)`-scaled random, `B = 0`.
+    /// LoRA of rank `r` for a (d_out x d_in) layer, initialised as PEFT does:
+    /// `A ~ U(-1/sqrt(d_in), 1/sqrt(d_in))` (Kaiming-uniform with a = sqrt(5)), `B = 0`.
     pub fn new(d_out: usize, d_in: usize, r: usize, alpha: f64, device: tch::Device) -> Self {
         let opts = (Kind::Float, device);
+        let bound = 1.0 / (d_in as f64).sqrt();
         Self {
-            a: Tensor::randn([r as i64, d_in as i64], opts) / (r as f64).sqrt(),
+            a: Tensor::rand([r as i64, d_in as i64], opts) * (2.0 * bound) - bound,
             b: Tensor::zeros([d_out as i64, r as i64], opts),
             scale: alpha / r as f64,
         }

@@ -229,13 +229,25 @@ impl Llama {
             cfg,
             weights: checked,
         };
-        m.set_precision(Precision::F32);
+        m.build_blocks(Precision::F32, false);
         Ok(m)
     }
 
-    /// Rebuilds the compute weights in `precision` (the float32 originals are kept).
+    /// Rebuilds the compute weights in `precision` for serving (the float32 originals are kept;
+    /// float32 also gets the multi-threaded decoding kernel's copy of every matrix).
     pub fn set_precision(&mut self, precision: Precision) {
+        self.build_blocks(precision, true);
+    }
+
+    fn build_blocks(&mut self, precision: Precision, serving: bool) {
         let _g = tch::no_grad_guard();
+        let make = |w: &Tensor| {
+            if serving {
+                Weight::new_serving(w, precision)
+            } else {
+                Weight::new(w, precision)
+            }
+        };
         let w = |n: &str| &self.weights[n];
         self.blocks = (0..self.cfg.num_hidden_layers)
             .map(|l| Block {
@@ -244,7 +256,7 @@ impl Llama {
                     .shallow_clone(),
                 proj: Module::ALL
                     .iter()
-                    .map(|m| Weight::new(w(&m.weight_name(l)), precision))
+                    .map(|m| make(w(&m.weight_name(l))))
                     .collect(),
             })
             .collect();
@@ -253,7 +265,7 @@ impl Llama {
         } else {
             "lm_head.weight"
         };
-        self.head = Weight::new(w(head_name), precision);
+        self.head = make(w(head_name));
         self.precision = precision;
     }
 

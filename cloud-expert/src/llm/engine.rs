@@ -358,16 +358,12 @@ struct Worker {
 }
 
 impl Worker {
-    /// libtorch threads for a phase. Prompts (large GEMMs) and bf16/int8 weights (libtorch's
-    /// kernels) use all threads; float32 decoding runs its matrices in the multi-threaded
-    /// kernel and keeps libtorch on one thread, because libtorch's OpenMP workers would
-    /// otherwise wake (or spin) for each of the step's many small ops on the same cores.
+    /// libtorch threads for a phase: all of them for prompts (large GEMMs), one while decoding.
+    /// A decode step is some 900 small ops; with more than one thread libtorch's OpenMP workers
+    /// wake (or spin) for each of them on the cores the float32 kernel needs, which measured 2-3x
+    /// slower steps here (mixed-adapter batch 8 in int8: 43 tok/s with 2 threads, 112 with 1).
     fn phase_threads(&self, prefill: bool) {
-        let n = if prefill || self.model.precision() != super::linear::Precision::F32 {
-            self.threads
-        } else {
-            1
-        };
+        let n = if prefill { self.threads } else { 1 };
         if tch::get_num_threads() != n as i32 {
             tch::set_num_threads(n as i32);
         }

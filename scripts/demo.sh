@@ -38,7 +38,7 @@ python3 "$(dirname "$0")/fleet.py" "$bin" "$repo" digits "$out/legacy-digits.onn
 echo
 if [ "${LLM_DEMO:-1}" != 0 ]; then
   echo "== 7. LLM: fine-tune an LSR-Adapt adapter for SmolLM2-135M and serve it (OpenAI API); LLM_DEMO=0 skips"
-  bash "$(dirname "$0")/llm-demo.sh" "$out" "${LLM_DEMO_STEPS:-40}"
+  bash "$(dirname "$0")/llm-demo.sh" "$out" "${LLM_DEMO_STEPS:-60}"
   echo
 fi
 echo "demo outputs in $out:"

@@ -6,7 +6,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 out="${1:-demo-out}/llm"
-steps="${2:-40}"
+steps="${2:-60}"
 bin="$here/target/release/cloud-expert"
 model="$here/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 mkdir -p "$out"

@@ -166,6 +166,70 @@ impl Weight {
     }
 }
 
+/// Several float32 matrices with the same input stacked row-wise for the decoding kernel
+/// (q, k, v; gate, up): one pass over their weights and one dispatch instead of several.
+#[derive(Debug)]
+pub struct Fused {
+    data: Vec<f32>,
+    k: usize,
+    /// Output width of each part, in order.
+    parts: Vec<usize>,
+}
+
+impl Fused {
+    /// Stacks `ws` (each (d_out_i, d_in)); None if they do not share d_in.
+    pub fn new(ws: &[&Tensor]) -> Option<Self> {
+        let k = ws.first()?.size()[1];
+        if ws.iter().any(|w| w.size()[1] != k) {
+            return None;
+        }
+        let cat = Tensor::cat(ws, 0).to_kind(Kind::Float).contiguous();
+        let data = Vec::<f32>::try_from(cat.flatten(0, -1)).ok()?;
+        Some(Self {
+            data,
+            k: k as usize,
+            parts: ws.iter().map(|w| w.size()[0] as usize).collect(),
+        })
+    }
+
+    /// Each part's `x W_i^T`, when the kernel applies (at most 8 rows, no gradient); None
+    /// otherwise (the caller then uses the separate weights).
+    pub fn try_apply(&self, x: &Tensor) -> Option<Vec<Tensor>> {
+        let size = x.size();
+        let rows: i64 = size[..size.len() - 1].iter().product();
+        if rows > 8 || x.requires_grad() || x.kind() != Kind::Float {
+            return None;
+        }
+        let xs = Vec::<f32>::try_from(x.contiguous().view([-1])).ok()?;
+        let n: usize = self.parts.iter().sum();
+        let b = rows as usize;
+        let mut out = vec![0f32; n * b];
+        pool().matmul_t(&self.data, n, self.k, &xs, b, &mut out);
+        let y = Tensor::from_slice(&out).view([n as i64, rows]);
+        let y = if b == 1 {
+            y.view([1, n as i64])
+        } else {
+            y.tr().contiguous()
+        };
+        let mut start = 0;
+        Some(
+            self.parts
+                .iter()
+                .map(|&p| {
+                    let mut shape = size[..size.len() - 1].to_vec();
+                    shape.push(p as i64);
+                    let part = y
+                        .narrow(1, start, p as i64)
+                        .contiguous()
+                        .view(shape.as_slice());
+                    start += p as i64;
+                    part
+                })
+                .collect(),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +254,28 @@ mod tests {
             assert!(rel < tol, "{p:?}: relative error {rel}");
         }
         assert_eq!(Weight::new(&w, Precision::Int8).bytes(), 48 * 64 + 2 * 48);
+        // Fused parts equal the separate products.
+        let w2 = Tensor::randn([16, 64], (Kind::Float, tch::Device::Cpu));
+        let f = Fused::new(&[&w, &w2]).unwrap();
+        let x = Tensor::randn([3, 64], (Kind::Float, tch::Device::Cpu));
+        let parts = f.try_apply(&x).unwrap();
+        assert!(
+            (&parts[0] - x.matmul(&w.tr()))
+                .abs()
+                .max()
+                .double_value(&[])
+                < 1e-4
+        );
+        assert!(
+            (&parts[1] - x.matmul(&w2.tr()))
+                .abs()
+                .max()
+                .double_value(&[])
+                < 1e-4
+        );
+        assert!(f
+            .try_apply(&Tensor::randn([9, 64], (Kind::Float, tch::Device::Cpu)))
+            .is_none());
         // The decoding kernel agrees with libtorch for 1 and several rows.
         let fast = Weight::new_serving(&w, Precision::F32);
         assert!(matches!(fast, Weight::F32Rows { .. }));

@@ -16,7 +16,7 @@
 
 use super::adapter::{Adapter, Module};
 pub use super::kv::SlotKv;
-use super::linear::{Precision, Weight};
+use super::linear::{Fused, Precision, Weight};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
@@ -129,6 +129,10 @@ struct Block {
     mlp_norm: Tensor,
     /// Indexed by `Module as usize`.
     proj: Vec<Weight>,
+    /// q, k, v stacked for the decoding kernel (float32 serving only).
+    qkv: Option<Fused>,
+    /// gate, up stacked for the decoding kernel (float32 serving only).
+    gate_up: Option<Fused>,
 }
 
 /// The decoder: weights by Hugging Face name, the per-block view used for compute, and rotary
@@ -249,15 +253,44 @@ impl Llama {
             }
         };
         let w = |n: &str| &self.weights[n];
+        // Float32 serving: q/k/v and gate/up go to the kernel stacked (one dispatch each), so
+        // their separate weights stay plain libtorch tensors (for prompts and training).
+        let fuse = serving && precision == Precision::F32;
         self.blocks = (0..self.cfg.num_hidden_layers)
-            .map(|l| Block {
-                attn_norm: w(&format!("model.layers.{l}.input_layernorm.weight")).shallow_clone(),
-                mlp_norm: w(&format!("model.layers.{l}.post_attention_layernorm.weight"))
-                    .shallow_clone(),
-                proj: Module::ALL
-                    .iter()
-                    .map(|m| make(w(&m.weight_name(l))))
-                    .collect(),
+            .map(|l| {
+                let stack = |ms: &[Module]| {
+                    let ws: Vec<&Tensor> = ms.iter().map(|m| w(&m.weight_name(l))).collect();
+                    if fuse {
+                        Fused::new(&ws)
+                    } else {
+                        None
+                    }
+                };
+                let qkv = stack(&[Module::QProj, Module::KProj, Module::VProj]);
+                let gate_up = stack(&[Module::GateProj, Module::UpProj]);
+                let fused = |m: &Module| match m {
+                    Module::QProj | Module::KProj | Module::VProj => qkv.is_some(),
+                    Module::GateProj | Module::UpProj => gate_up.is_some(),
+                    _ => false,
+                };
+                Block {
+                    attn_norm: w(&format!("model.layers.{l}.input_layernorm.weight"))
+                        .shallow_clone(),
+                    mlp_norm: w(&format!("model.layers.{l}.post_attention_layernorm.weight"))
+                        .shallow_clone(),
+                    proj: Module::ALL
+                        .iter()
+                        .map(|m| {
+                            if fused(m) {
+                                Weight::new(w(&m.weight_name(l)), precision)
+                            } else {
+                                make(w(&m.weight_name(l)))
+                            }
+                        })
+                        .collect(),
+                    qkv,
+                    gate_up,
+                }
             })
             .collect();
         let head_name = if self.cfg.tie_word_embeddings {
@@ -333,6 +366,34 @@ impl Llama {
     /// A block's module applied to `x` (..., d_in), plus the adapters' updates.
     fn linear(&self, l: usize, m: Module, x: &Tensor, adapt: Adapt<'_>) -> Tensor {
         let y = self.blocks[l].proj[m as usize].apply(x);
+        self.adapted(l, m, x, y, adapt)
+    }
+
+    /// Several modules on the same input: stacked through the kernel when it applies.
+    fn linears<const N: usize>(
+        &self,
+        l: usize,
+        ms: [Module; N],
+        fused: Option<&Fused>,
+        x: &Tensor,
+        adapt: Adapt<'_>,
+    ) -> [Tensor; N] {
+        if let Some(mut ys) = fused.and_then(|f| f.try_apply(x)) {
+            if ys.len() == N {
+                let mut ys = ys.drain(..);
+                return ms.map(|m| {
+                    let y = ys
+                        .next()
+                        .unwrap_or_else(|| self.blocks[l].proj[m as usize].apply(x));
+                    self.adapted(l, m, x, y, adapt)
+                });
+            }
+        }
+        ms.map(|m| self.linear(l, m, x, adapt))
+    }
+
+    /// `y` (the base output of module `m` for `x`) plus the adapters' updates.
+    fn adapted(&self, l: usize, m: Module, x: &Tensor, y: Tensor, adapt: Adapt<'_>) -> Tensor {
         match adapt {
             Adapt::None => y,
             Adapt::All(a) => match a.update(l, m) {
@@ -352,6 +413,16 @@ impl Llama {
         }
     }
 
+    fn qkv(&self, l: usize, n: &Tensor, adapt: Adapt<'_>) -> [Tensor; 3] {
+        self.linears(
+            l,
+            [Module::QProj, Module::KProj, Module::VProj],
+            self.blocks[l].qkv.as_ref(),
+            n,
+            adapt,
+        )
+    }
+
     /// Rotary embedding of `x` (B, heads, T, hd) at positions `start..start+T`.
     fn rope(&self, x: &Tensor, start: i64) -> Tensor {
         let t = x.size()[2];
@@ -364,8 +435,14 @@ impl Llama {
 
     fn mlp(&self, l: usize, x: &Tensor, adapt: Adapt<'_>) -> Tensor {
         let n = self.rms_norm(x, &self.blocks[l].mlp_norm);
-        let gate = self.linear(l, Module::GateProj, &n, adapt).silu();
-        let up = self.linear(l, Module::UpProj, &n, adapt);
+        let [gate, up] = self.linears(
+            l,
+            [Module::GateProj, Module::UpProj],
+            self.blocks[l].gate_up.as_ref(),
+            &n,
+            adapt,
+        );
+        let gate = gate.silu();
         x + self.linear(l, Module::DownProj, &(gate * up), adapt)
     }
 
@@ -425,9 +502,7 @@ impl Llama {
         let mask = k_pos.gt_tensor(&q_pos);
         for (l, slot) in cache.layers.iter_mut().enumerate() {
             let n = self.rms_norm(&x, &self.blocks[l].attn_norm);
-            let q = self.linear(l, Module::QProj, &n, adapt);
-            let k = self.linear(l, Module::KProj, &n, adapt);
-            let v = self.linear(l, Module::VProj, &n, adapt);
+            let [q, k, v] = self.qkv(l, &n, adapt);
             let q = self.rope(&q.view([b, t, h, hd]).transpose(1, 2), start);
             let k = self.rope(&k.view([b, t, kvh, hd]).transpose(1, 2), start);
             let v = v.view([b, t, kvh, hd]).transpose(1, 2);
@@ -475,9 +550,7 @@ impl Llama {
         let mask = pos.unsqueeze(0).gt_tensor(&pos.unsqueeze(1));
         for l in 0..self.blocks.len() {
             let n = self.rms_norm(&x, &self.blocks[l].attn_norm);
-            let q = self.linear(l, Module::QProj, &n, adapt);
-            let k = self.linear(l, Module::KProj, &n, adapt);
-            let v = self.linear(l, Module::VProj, &n, adapt);
+            let [q, k, v] = self.qkv(l, &n, adapt);
             let q = self.rope(&q.view([1, t, h, hd]).transpose(1, 2), 0);
             let k = self.rope(&k.view([1, t, kvh, hd]).transpose(1, 2), 0);
             let v = v.view([1, t, kvh, hd]).transpose(1, 2);
@@ -520,9 +593,12 @@ impl Llama {
             .view([s, 1, 1, longest]);
         for l in 0..self.blocks.len() {
             let n = self.rms_norm(&x, &self.blocks[l].attn_norm);
-            let q = self.linear(l, Module::QProj, &n, adapt).view([s, h, hd]);
-            let k = self.linear(l, Module::KProj, &n, adapt).view([s, kvh, hd]);
-            let v = self.linear(l, Module::VProj, &n, adapt).view([s, kvh, hd]);
+            let [q, k, v] = self.qkv(l, &n, adapt);
+            let (q, k, v) = (
+                q.view([s, h, hd]),
+                k.view([s, kvh, hd]),
+                v.view([s, kvh, hd]),
+            );
             let q = rotate(&q, &cos, &sin);
             let k = rotate(&k, &cos, &sin);
             kv.write_rows(l, &slots_t, &pos_t, &k, &v);
@@ -664,7 +740,9 @@ mod tests {
             num_key_value_heads: 2,
             ..tiny(true, 2)
         };
-        let m = Llama::random(cfg.clone(), 11, Device::Cpu).unwrap();
+        let mut m = Llama::random(cfg.clone(), 11, Device::Cpu).unwrap();
+        // The serving layout: float32 kernel weights with q/k/v and gate/up stacked.
+        m.set_precision(Precision::F32);
         let lsr = Adapter::new_lsr(
             "t",
             &cfg,

@@ -645,16 +645,8 @@ mod tests {
     fn setup() -> (Llama, Arc<Tokenizer>) {
         let tok = Tokenizer::train_byte_level("hello world, the cat sat on the mat", 30);
         let cfg = LlamaConfig {
-            vocab_size: tok.vocab_size(),
-            hidden_size: 32,
-            intermediate_size: 48,
-            num_hidden_layers: 2,
-            num_attention_heads: 4,
-            num_key_value_heads: 2,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10_000.0,
-            tie_word_embeddings: true,
             max_position_embeddings: 64,
+            ..crate::llm::fixture::tiny_config(tok.vocab_size(), 32)
         };
         (
             Llama::random(cfg, 5, tch::Device::Cpu).unwrap(),

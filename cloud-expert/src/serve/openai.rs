@@ -276,22 +276,30 @@ fn registry_error(e: AdapterRegistryError) -> ApiError {
     }
 }
 
+/// Runs a (possibly file-reading) registry operation on a blocking thread.
+async fn with_registry<T: Send + 'static>(
+    s: &LlmState,
+    f: impl FnOnce(&AdapterRegistry) -> Result<T, AdapterRegistryError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let reg = s.adapters.clone();
+    tokio::task::spawn_blocking(move || f(&reg))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                None,
+                e.to_string(),
+            )
+        })?
+        .map_err(registry_error)
+}
+
 async fn load_adapter(State(s): State<Arc<LlmState>>, headers: HeaderMap, body: Body) -> Response {
     let result = async {
         authorize_admin(&s, &headers)?;
         let req: LoadAdapter = parse(&read_body(&s, body).await?)?;
-        let reg = s.adapters.clone();
-        let info = tokio::task::spawn_blocking(move || reg.load(&req.name, &req.path))
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "server_error",
-                    None,
-                    e.to_string(),
-                )
-            })?
-            .map_err(registry_error)?;
+        let info = with_registry(&s, move |reg| reg.load(&req.name, &req.path)).await?;
         tracing::info!(adapter = %info.name, path = %info.path.display(), "adapter loaded");
         Ok::<_, ApiError>(Json(json!(info)).into_response())
     }
@@ -434,19 +442,8 @@ async fn generate(
     let adapter = if set.model == s.base {
         None
     } else {
-        let reg = s.adapters.clone();
         let name = set.model.clone();
-        let found = tokio::task::spawn_blocking(move || reg.get(&name))
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "server_error",
-                    None,
-                    e.to_string(),
-                )
-            })?
-            .map_err(registry_error)?;
+        let found = with_registry(s, move |reg| reg.get(&name)).await?;
         if !found {
             return Err(ApiError::unknown_model(&set.model));
         }

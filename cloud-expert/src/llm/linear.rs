@@ -54,12 +54,8 @@ pub enum Weight {
     F32Rows {
         /// The tensor (training and wide inputs).
         t: Tensor,
-        /// (d_out * d_in) row-major.
-        data: Vec<f32>,
-        /// d_out.
-        n: usize,
-        /// d_in.
-        k: usize,
+        /// The kernel's copy.
+        rows: Fused,
     },
     /// bfloat16.
     Bf16(Tensor),
@@ -97,15 +93,12 @@ impl Weight {
         if precision != Precision::F32 {
             return Self::new(w, precision);
         }
-        let (n, k) = (w.size()[0] as usize, w.size()[1] as usize);
-        match Vec::<f32>::try_from(w.to_kind(Kind::Float).contiguous().flatten(0, -1)) {
-            Ok(data) => Weight::F32Rows {
+        match Fused::new(&[w]) {
+            Some(rows) => Weight::F32Rows {
                 t: w.shallow_clone(),
-                data,
-                n,
-                k,
+                rows,
             },
-            Err(_) => Weight::F32(w.shallow_clone()),
+            None => Weight::F32(w.shallow_clone()),
         }
     }
 
@@ -113,30 +106,10 @@ impl Weight {
     pub fn apply(&self, x: &Tensor) -> Tensor {
         match self {
             Weight::F32(w) => x.linear::<&Tensor>(w, None),
-            Weight::F32Rows { t, data, n, k } => {
-                let size = x.size();
-                let rows: i64 = size[..size.len() - 1].iter().product();
-                // The kernel serves decoding (up to 8 rows: there it streams the weights at
-                // memory speed); prompts (MKL's blocked GEMM is faster from ~16 rows) and
-                // anything that needs a gradient go to libtorch.
-                if rows > 8 || x.requires_grad() || x.kind() != Kind::Float {
-                    return x.linear::<&Tensor>(t, None);
-                }
-                let Ok(xs) = Vec::<f32>::try_from(x.contiguous().view([-1])) else {
-                    return x.linear::<&Tensor>(t, None);
-                };
-                let b = rows as usize;
-                let mut out = vec![0f32; n * b];
-                pool().matmul_t(data, *n, *k, &xs, b, &mut out);
-                let mut shape = size[..size.len() - 1].to_vec();
-                shape.push(*n as i64);
-                let y = Tensor::from_slice(&out).view([*n as i64, rows]);
-                if b == 1 {
-                    y.view(shape.as_slice())
-                } else {
-                    y.tr().contiguous().view(shape.as_slice())
-                }
-            }
+            Weight::F32Rows { t, rows } => rows
+                .try_apply(x)
+                .and_then(|mut parts| parts.pop())
+                .unwrap_or_else(|| x.linear::<&Tensor>(t, None)),
             Weight::Bf16(w) => x
                 .to_kind(Kind::BFloat16)
                 .linear::<&Tensor>(w, None)
@@ -192,8 +165,10 @@ impl Fused {
         })
     }
 
-    /// Each part's `x W_i^T`, when the kernel applies (at most 8 rows, no gradient); None
-    /// otherwise (the caller then uses the separate weights).
+    /// Each part's `x W_i^T`, when the kernel applies; None otherwise (the caller then uses
+    /// libtorch). The kernel serves decoding, up to 8 rows, where it streams the weights at
+    /// memory speed; prompts (MKL's blocked GEMM is faster from ~16 rows) and anything that
+    /// needs a gradient go to libtorch.
     pub fn try_apply(&self, x: &Tensor) -> Option<Vec<Tensor>> {
         let size = x.size();
         let rows: i64 = size[..size.len() - 1].iter().product();

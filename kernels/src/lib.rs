@@ -1,18 +1,25 @@
-//! `y = x W^T` for a few rows of `x` (decoding: 1 to 16 sequences) against a large row-major
-//! weight `W` (N x K), the operation that bounds LLM decoding on CPUs. libtorch's float32 path
-//! runs it on one thread at about a third of the machine's memory bandwidth; this kernel splits
-//! the N output rows over a rayon pool and keeps each weight row in L1 while it meets every row
-//! of `x`, so `W` streams from memory exactly once per call.
+//! `y = x W^T` for a few rows of `x` (LLM decoding: 1 to 8 sequences; short prompts) against a
+//! large weight `W` (n x k), the operation that bounds LLM decoding on CPUs. libtorch's float32
+//! path runs it on one thread at about a third of the machine's memory bandwidth; here `W` is
+//! packed once into column panels (see [`packed`]), the panels are split over a rayon pool, and
+//! a register-blocked micro-kernel (8 rows x 48 outputs on AVX-512) meets every row of `x` while
+//! a panel line is in registers, so `W` streams from memory once per call. Weights can be
+//! float32 or int8 with per-row scales (a quarter of the bytes, widened in registers).
 //!
-//! The dot products are plain Rust written so LLVM vectorises them (32 independent partial
-//! sums); they are compiled three times, for AVX-512F, AVX2+FMA and the baseline, and the best
-//! version the CPU supports is chosen at run time.
+//! The micro-kernel is plain Rust written so LLVM vectorises it (constant-size accumulator
+//! arrays, fully unrolled); it is compiled three times, for AVX-512F, AVX2+FMA and the baseline,
+//! and the best version the CPU supports is chosen at run time.
 //!
 //! Safety: the only `unsafe` is calling a `#[target_feature]` function, each time directly after
 //! `is_x86_feature_detected!` confirmed every feature it enables.
 //!
-//! Invariant: results equal the naive sums up to float32 reassociation (tested against f64).
+//! Invariant: results equal the naive sums up to float32 reassociation (tested against f64),
+//! for int8 the naive sums over the dequantised weights.
 
+pub mod packed;
+
+use packed::{panels_generic, Store};
+pub use packed::{Elem, Packed, NR};
 use rayon::prelude::*;
 
 /// A thread pool for the kernels.
@@ -55,159 +62,133 @@ impl Pool {
         self.pool.install(f)
     }
 
-    /// `out[n * b + i] = dot(W[n], x[i])` for `W` (n x k) row-major and `x` (b x k) row-major:
-    /// the product in (N, B) layout. Panics if the slice lengths do not match the shapes.
-    pub fn matmul_t(&self, w: &[f32], n: usize, k: usize, x: &[f32], b: usize, out: &mut [f32]) {
-        assert_eq!(w.len(), n * k, "W is not n x k");
+    /// `out = x W^T` for `x` (b x k, row-major) against packed `W` (n x k): `out` is (b x n),
+    /// row-major. Any `b` works; the kernel is built for decoding (1 to 8 rows, where it streams
+    /// `W` once at memory speed) and short prompts (8-row blocks over each panel while it sits in
+    /// L2). Panics if the slice lengths do not match the shapes.
+    pub fn matmul(&self, w: &Packed, x: &[f32], b: usize, out: &mut [f32]) {
+        let (n, k) = (w.n, w.k);
         assert_eq!(x.len(), b * k, "x is not b x k");
-        assert_eq!(out.len(), n * b, "out is not n x b");
+        assert_eq!(out.len(), b * n, "out is not b x n");
         if n == 0 || b == 0 {
             return;
         }
-        // About 64 KiB of weights per task: enough work to amortise scheduling, and several
-        // tasks per thread so a slow thread does not hold up the call.
-        let rows = (16_384 / k.max(1)).clamp(8, n.div_ceil(self.threads).max(8));
-        let run = |(t, chunk): (usize, &mut [f32])| {
-            let start = t * rows;
-            let count = chunk.len() / b;
-            rows_dispatch(&w[start * k..(start + count) * k], k, x, b, chunk);
+        let panels = n.div_ceil(NR);
+        // Panels per task: about 64 KiB of weights, and several tasks per thread so a slow
+        // thread does not hold up the call.
+        let per = (16_384 / (k * NR).max(1))
+            .max(1)
+            .clamp(1, panels.div_ceil(2 * self.threads).max(1));
+        let mut tmp = vec![0f32; panels * b * NR];
+        let serial = self.threads == 1 || n * k * b.min(8) < 65_536;
+        match &w.store {
+            Store::F32(p) => self.each(serial, p, k, per, x, b, &mut tmp),
+            Store::I8 { q, .. } => self.each(serial, q, k, per, x, b, &mut tmp),
+        }
+        let scales = match &w.store {
+            Store::I8 { scales, .. } => Some(scales.as_slice()),
+            Store::F32(_) => None,
         };
-        if self.threads == 1 || n * k < 65_536 {
-            out.chunks_mut(rows * b).enumerate().for_each(run);
+        for (p, block) in tmp.chunks_exact(b * NR).enumerate() {
+            let cols = NR.min(n - p * NR);
+            for (i, src) in block.chunks_exact(NR).enumerate() {
+                let dst = &mut out[i * n + p * NR..i * n + p * NR + cols];
+                match scales {
+                    Some(s) => {
+                        for ((d, v), sc) in dst.iter_mut().zip(src).zip(&s[p * NR..]) {
+                            *d = v * sc;
+                        }
+                    }
+                    None => dst.copy_from_slice(&src[..cols]),
+                }
+            }
+        }
+    }
+
+    /// `f(i, row)` for every `row_len`-wide row `i` of `out`, spread over the pool (row-parallel
+    /// work beside the matrix products, e.g. attention of each sequence and head).
+    pub fn rows(
+        &self,
+        out: &mut [f32],
+        row_len: usize,
+        f: impl Fn(usize, &mut [f32]) + Sync + Send,
+    ) {
+        if row_len == 0 {
+            return;
+        }
+        if self.threads == 1 || out.len() / row_len < 2 {
+            out.chunks_mut(row_len)
+                .enumerate()
+                .for_each(|(i, r)| f(i, r));
         } else {
-            self.pool
-                .install(|| out.par_chunks_mut(rows * b).enumerate().for_each(run));
+            self.pool.install(|| {
+                out.par_chunks_mut(row_len)
+                    .enumerate()
+                    .for_each(|(i, r)| f(i, r))
+            });
+        }
+    }
+
+    /// Every group of `per` panels as one task (on the pool unless `serial`).
+    #[allow(clippy::too_many_arguments)]
+    fn each<T: Elem>(
+        &self,
+        serial: bool,
+        data: &[T],
+        k: usize,
+        per: usize,
+        x: &[f32],
+        b: usize,
+        tmp: &mut [f32],
+    ) {
+        let run = |(o, p): (&mut [f32], &[T])| panels_dispatch(p, k, x, b, o);
+        let outs = tmp.chunks_mut(per * b * NR);
+        let ins = data.chunks(per * k * NR);
+        if serial {
+            outs.zip(ins).for_each(run);
+        } else {
+            self.pool.install(|| {
+                tmp.par_chunks_mut(per * b * NR)
+                    .zip(data.par_chunks(per * k * NR))
+                    .for_each(run)
+            });
         }
     }
 }
 
-fn rows_dispatch(w: &[f32], k: usize, x: &[f32], b: usize, out: &mut [f32]) {
+fn panels_dispatch<T: Elem>(p: &[T], k: usize, x: &[f32], b: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {
             // SAFETY: AVX-512F was detected on this CPU just above.
             #[allow(unsafe_code)]
             unsafe {
-                return rows_avx512(w, k, x, b, out);
+                return panels_avx512(p, k, x, b, out);
             }
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: AVX2 and FMA were detected on this CPU just above.
             #[allow(unsafe_code)]
             unsafe {
-                return rows_avx2(w, k, x, b, out);
+                return panels_avx2(p, k, x, b, out);
             }
         }
     }
-    rows_plain(w, k, x, b, out)
+    panels_generic::<T, false, 4, 8>(p, k, x, b, out)
 }
 
+/// 8 rows x 48 columns: 24 of the 32 vector registers accumulate.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-fn rows_avx512(w: &[f32], k: usize, x: &[f32], b: usize, out: &mut [f32]) {
-    rows_fma(w, k, x, b, out)
+fn panels_avx512<T: Elem>(p: &[T], k: usize, x: &[f32], b: usize, out: &mut [f32]) {
+    panels_generic::<T, true, 8, 48>(p, k, x, b, out)
 }
 
+/// 4 rows x 16 columns: 8 of the 16 vector registers accumulate.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn rows_avx2(w: &[f32], k: usize, x: &[f32], b: usize, out: &mut [f32]) {
-    rows_fma(w, k, x, b, out)
-}
-
-/// Rows with fused multiply-adds (only reached from the target-feature versions above, where
-/// `mul_add` compiles to FMA instructions instead of a library call).
-#[inline(always)]
-fn rows_fma(w: &[f32], k: usize, x: &[f32], b: usize, out: &mut [f32]) {
-    rows_generic::<true>(w, k, x, b, out)
-}
-
-fn rows_plain(w: &[f32], k: usize, x: &[f32], b: usize, out: &mut [f32]) {
-    rows_generic::<false>(w, k, x, b, out)
-}
-
-/// Every weight row against the rows of `x`, four `x` rows per pass so each weight chunk is
-/// loaded once for four multiply-adds.
-#[inline(always)]
-fn rows_generic<const FMA: bool>(w: &[f32], k: usize, x: &[f32], b: usize, out: &mut [f32]) {
-    for (row, o) in w.chunks_exact(k).zip(out.chunks_exact_mut(b)) {
-        let mut i = 0;
-        while i + 4 <= b {
-            let d = dots::<FMA, 4>(row, &x[i * k..(i + 4) * k], k);
-            o[i..i + 4].copy_from_slice(&d);
-            i += 4;
-        }
-        while i + 2 <= b {
-            let d = dots::<FMA, 2>(row, &x[i * k..(i + 2) * k], k);
-            o[i..i + 2].copy_from_slice(&d);
-            i += 2;
-        }
-        if i < b {
-            o[i] = dots::<FMA, 1>(row, &x[i * k..(i + 1) * k], k)[0];
-        }
-    }
-}
-
-#[inline(always)]
-fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        c + a * b
-    }
-}
-
-/// Horizontal sum of partial sums plus the tail.
-#[inline(always)]
-fn reduce(mut a: [f32; L], tail: f32) -> f32 {
-    let mut width = L / 2;
-    while width > 0 {
-        for l in 0..width {
-            a[l] += a[l + width];
-        }
-        width /= 2;
-    }
-    a[0] + tail
-}
-
-/// Partial sums per dot product (one 512-bit register, or two 256-bit ones).
-const L: usize = 16;
-
-/// Dot products of `row` with the `M` (1, 2 or 4) rows of length `k` packed in `xs`: each
-/// weight chunk is loaded once for `M` multiply-adds, and the accumulators are separate named
-/// arrays so they stay in registers and the lane loop vectorises without reassociation.
-#[inline(always)]
-fn dots<const FMA: bool, const M: usize>(row: &[f32], xs: &[f32], k: usize) -> [f32; M] {
-    let full = k / L * L;
-    let x = |r: usize| &xs[(r.min(M - 1)) * k..(r.min(M - 1) + 1) * k];
-    let (x0, x1, x2, x3) = (x(0), x(1), x(2), x(3));
-    let (mut a0, mut a1, mut a2, mut a3) = ([0f32; L], [0f32; L], [0f32; L], [0f32; L]);
-    let mut j = 0;
-    while j < full {
-        let wv: &[f32; L] = row[j..j + L].try_into().expect("L elements");
-        let v0: &[f32; L] = x0[j..j + L].try_into().expect("L elements");
-        let v1: &[f32; L] = x1[j..j + L].try_into().expect("L elements");
-        let v2: &[f32; L] = x2[j..j + L].try_into().expect("L elements");
-        let v3: &[f32; L] = x3[j..j + L].try_into().expect("L elements");
-        for l in 0..L {
-            a0[l] = madd::<FMA>(wv[l], v0[l], a0[l]);
-            if M > 1 {
-                a1[l] = madd::<FMA>(wv[l], v1[l], a1[l]);
-            }
-            if M > 2 {
-                a2[l] = madd::<FMA>(wv[l], v2[l], a2[l]);
-                a3[l] = madd::<FMA>(wv[l], v3[l], a3[l]);
-            }
-        }
-        j += L;
-    }
-    let tail = |xr: &[f32]| (full..k).map(|t| row[t] * xr[t]).sum::<f32>();
-    let all = [
-        reduce(a0, tail(x0)),
-        reduce(a1, tail(x1)),
-        reduce(a2, tail(x2)),
-        reduce(a3, tail(x3)),
-    ];
-    std::array::from_fn(|r| all[r])
+fn panels_avx2<T: Elem>(p: &[T], k: usize, x: &[f32], b: usize, out: &mut [f32]) {
+    panels_generic::<T, true, 4, 16>(p, k, x, b, out)
 }
 
 #[cfg(test)]
@@ -215,10 +196,10 @@ mod tests {
     use super::*;
 
     fn naive(w: &[f32], n: usize, k: usize, x: &[f32], b: usize) -> Vec<f64> {
-        let mut out = vec![0.0; n * b];
-        for r in 0..n {
-            for i in 0..b {
-                out[r * b + i] = (0..k)
+        let mut out = vec![0.0; b * n];
+        for i in 0..b {
+            for r in 0..n {
+                out[i * n + r] = (0..k)
                     .map(|j| w[r * k + j] as f64 * x[i * k + j] as f64)
                     .sum();
             }
@@ -226,46 +207,73 @@ mod tests {
         out
     }
 
+    fn random(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
     #[test]
-    fn matches_f64_sums_for_odd_shapes_and_thread_counts() {
-        let mut s = 12345u64;
-        let mut rnd = || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s % 2001) as f32 / 1000.0 - 1.0
-        };
+    fn matches_f64_sums_for_odd_shapes_rows_and_thread_counts() {
         for (n, k, b) in [
             (1, 1, 1),
             (7, 33, 3),
             (300, 576, 1),
-            (1536, 576, 8),
+            (960, 576, 8),
             (65, 1537, 5),
+            (97, 64, 19),
         ] {
-            let w: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
-            let x: Vec<f32> = (0..b * k).map(|_| rnd()).collect();
+            let w = random(n * k, 12345);
+            let x = random(b * k, 777);
             let want = naive(&w, n, k, &x, b);
+            let f = Packed::f32(&w, n, k);
+            assert_eq!(f.unpack(), w, "packing is lossless");
+            let q = Packed::int8(&w, n, k);
+            let wq = q.unpack();
+            assert!(w
+                .iter()
+                .zip(&wq)
+                .all(|(a, b)| (a - b).abs() <= 1.0 / 254.0 + 1e-6));
+            let want_q = naive(&wq, n, k, &x, b);
             for threads in [1, 2, 3] {
                 let pool = Pool::new(threads).unwrap();
-                let mut out = vec![0f32; n * b];
-                pool.matmul_t(&w, n, k, &x, b, &mut out);
-                for (o, e) in out.iter().zip(&want) {
-                    assert!(
-                        (*o as f64 - e).abs() < 1e-4 * (k as f64).sqrt(),
-                        "{n}x{k}x{b} t{threads}: {o} vs {e}"
-                    );
+                for (packed, want) in [(&f, &want), (&q, &want_q)] {
+                    let mut out = vec![f32::NAN; b * n];
+                    pool.matmul(packed, &x, b, &mut out);
+                    for (o, e) in out.iter().zip(want) {
+                        assert!(
+                            (*o as f64 - e).abs() < 1e-4 * (k as f64).sqrt(),
+                            "{n}x{k}x{b} t{threads}: {o} vs {e}"
+                        );
+                    }
                 }
             }
         }
-        let mut plain = vec![0f32; 4];
-        rows_plain(
-            &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
-            3,
-            &[1.0, 0.0, 1.0, 0.5, 0.5, 0.5],
-            2,
-            &mut plain,
-        );
-        assert_eq!(plain, [4.0, 3.0, 10.0, 7.5]);
+        assert_eq!(Packed::f32(&[0.0; 6], 3, 2).bytes(), NR * 2 * 4);
         assert!(!isa().is_empty());
+    }
+
+    #[test]
+    fn the_baseline_kernel_agrees_with_the_dispatched_one() {
+        let (n, k, b) = (100, 70, 6);
+        let w = random(n * k, 9);
+        let x = random(b * k, 10);
+        let p = Packed::f32(&w, n, k);
+        let Store::F32(data) = &p.store else {
+            unreachable!()
+        };
+        let mut plain = vec![0f32; n.div_ceil(NR) * b * NR];
+        panels_generic::<f32, false, 4, 8>(data, k, &x, b, &mut plain);
+        let mut fast = vec![0f32; plain.len()];
+        panels_dispatch(data, k, &x, b, &mut fast);
+        for (a, e) in plain.iter().zip(&fast) {
+            assert!((a - e).abs() < 1e-4, "{a} vs {e}");
+        }
     }
 }

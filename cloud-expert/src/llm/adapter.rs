@@ -258,9 +258,62 @@ pub struct Adapter {
     pub config: AdapterConfig,
     /// Updates by (layer, module).
     pub updates: HashMap<(usize, Module), Update>,
+    /// Host copies of the LoRA factors, taken on first use by the host forward pass (serving
+    /// adapters are frozen; a training loop never calls it).
+    host: std::sync::OnceLock<HashMap<(usize, Module), HostLora>>,
+}
+
+/// One LoRA update as host vectors: `delta = ((x A^T) * scale) B^T`.
+#[derive(Debug)]
+pub struct HostLora {
+    /// (r, d_in), row-major.
+    pub a: Vec<f32>,
+    /// (d_out, r), row-major.
+    pub b: Vec<f32>,
+    /// Rank.
+    pub r: usize,
+    /// Output width.
+    pub d_out: usize,
+    /// Scale.
+    pub scale: f32,
 }
 
 impl Adapter {
+    /// An adapter from its configuration and updates.
+    pub fn from_parts(config: AdapterConfig, updates: HashMap<(usize, Module), Update>) -> Self {
+        Self {
+            config,
+            updates,
+            host: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Host copies of the LoRA updates (built once; LSR updates are not in it).
+    pub fn host_factors(&self) -> &HashMap<(usize, Module), HostLora> {
+        self.host.get_or_init(|| {
+            let vec = |t: &Tensor| {
+                Vec::<f32>::try_from(t.detach().to_kind(Kind::Float).contiguous().flatten(0, -1))
+                    .unwrap_or_default()
+            };
+            self.updates
+                .iter()
+                .filter_map(|(k, u)| match u {
+                    Update::Lora(x) => Some((
+                        *k,
+                        HostLora {
+                            a: vec(&x.a),
+                            b: vec(&x.b),
+                            r: x.a.size()[0] as usize,
+                            d_out: x.b.size()[0] as usize,
+                            scale: x.scale as f32,
+                        },
+                    )),
+                    Update::Lsr(_) => None,
+                })
+                .collect()
+        })
+    }
+
     /// A fresh LSR adapter (trainable factors) for every target module of every layer.
     #[allow(clippy::too_many_arguments)]
     pub fn new_lsr(
@@ -300,7 +353,7 @@ impl Adapter {
             .into(),
             task_type: causal(),
         };
-        Ok(Self { config, updates }.requiring_grad())
+        Ok(Self::from_parts(config, updates).requiring_grad())
     }
 
     /// A fresh LoRA adapter of rank `r`.
@@ -338,7 +391,7 @@ impl Adapter {
             init: zero(),
             task_type: causal(),
         };
-        Ok(Self { config, updates }.requiring_grad())
+        Ok(Self::from_parts(config, updates).requiring_grad())
     }
 
     fn requiring_grad(self) -> Self {
@@ -373,14 +426,13 @@ impl Adapter {
     /// A copy with every update expanded to plain LoRA factors (serving).
     pub fn expanded(&self) -> Adapter {
         let _g = tch::no_grad_guard();
-        Adapter {
-            config: self.config.clone(),
-            updates: self
-                .updates
+        Adapter::from_parts(
+            self.config.clone(),
+            self.updates
                 .iter()
                 .map(|(k, u)| (*k, u.expanded()))
                 .collect(),
-        }
+        )
     }
 
     /// A detached copy (e.g. the no-grad serving copy of a trained adapter).
@@ -407,10 +459,7 @@ impl Adapter {
                 (*k, u)
             })
             .collect();
-        Adapter {
-            config: self.config.clone(),
-            updates,
-        }
+        Adapter::from_parts(self.config.clone(), updates)
     }
 
     /// Refuses an adapter whose layers or shapes do not match `cfg`, naming the first mismatch.
@@ -557,7 +606,7 @@ impl Adapter {
                 updates.insert((l, m), u);
             }
         }
-        Ok(Self { config, updates })
+        Ok(Self::from_parts(config, updates))
     }
 }
 

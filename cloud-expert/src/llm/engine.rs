@@ -11,6 +11,7 @@
 //! stop string or text after it.
 
 use super::adapter::Adapter;
+use super::host::{HostKv, Rows};
 use super::kv::SlotKv;
 use super::model::{Adapt, Llama};
 use super::sampling::{Sampler, SamplingParams};
@@ -205,16 +206,20 @@ impl Engine {
         let stats = Arc::new(EngineStats::default());
         let context = model.cfg.max_position_embeddings;
         let (stats2, ttft2) = (stats.clone(), ttft.clone());
-        let uses_kernel = model.precision() == super::linear::Precision::F32;
+        let uses_kernel = model.precision() != super::linear::Precision::Bf16;
         let build = move || Worker {
-            kv: SlotKv::new(
-                model.cfg.num_hidden_layers,
-                cfg.max_seqs,
-                model.cfg.num_key_value_heads,
-                model.cfg.head_dim(),
-                context,
-                tch::Device::Cpu,
-            ),
+            kv: if model.host_ready() {
+                Cache::Host(model.host_kv(cfg.max_seqs))
+            } else {
+                Cache::Tensor(SlotKv::new(
+                    model.cfg.num_hidden_layers,
+                    cfg.max_seqs,
+                    model.cfg.num_key_value_heads,
+                    model.cfg.head_dim(),
+                    context,
+                    tch::Device::Cpu,
+                ))
+            },
             model,
             tok: tokenizer,
             stop_ids: Vec::new(),
@@ -313,6 +318,21 @@ impl Engine {
     }
 }
 
+/// An admitted request, its adapter and its slot.
+type Admission = (GenRequest, Option<Rc<Adapter>>, i64);
+
+/// Adds `rows` to `a`'s group (by adapter identity).
+fn group_rows(
+    groups: &mut Vec<(Rc<Adapter>, Vec<usize>)>,
+    a: &Rc<Adapter>,
+    rows: impl Iterator<Item = usize>,
+) {
+    match groups.iter_mut().find(|(g, _)| Rc::ptr_eq(g, a)) {
+        Some((_, r)) => r.extend(rows),
+        None => groups.push((a.clone(), rows.collect())),
+    }
+}
+
 /// One running sequence.
 struct Seq {
     req: GenRequest,
@@ -340,10 +360,21 @@ impl Seq {
     }
 }
 
+/// The KV cache of the path the model runs on.
+enum Cache {
+    /// libtorch tensors (bfloat16 serving, or weights without kernel copies).
+    Tensor(SlotKv),
+    /// Host vectors (kernel-packed weights: the whole step runs in `host.rs`).
+    Host(HostKv),
+}
+
+/// Prompt rows prefilled together at most (one request always goes, however long).
+const PREFILL_ROWS: usize = 512;
+
 struct Worker {
     model: Llama,
     tok: Arc<Tokenizer>,
-    kv: SlotKv,
+    kv: Cache,
     stop_ids: Vec<u32>,
     rx: std::sync::mpsc::Receiver<Msg>,
     adapters: HashMap<String, Rc<Adapter>>,
@@ -413,9 +444,60 @@ impl Worker {
     }
 
     fn admit(&mut self) {
-        while !self.free.is_empty() {
-            let Some(req) = self.waiting.pop_front() else {
+        loop {
+            let batch = self.take_admissions();
+            if batch.is_empty() {
                 return;
+            }
+            self.phase_threads(true);
+            let results = self.prefill(&batch);
+            for ((req, adapter, slot), logits) in batch.into_iter().zip(results) {
+                self.stats
+                    .prompt_tokens
+                    .fetch_add(req.prompt.len(), Ordering::Relaxed);
+                match logits {
+                    Ok(row) => {
+                        let mut seq = Seq {
+                            adapter,
+                            sampler: Sampler::new(req.sampling.clone()),
+                            pos: req.prompt.len() as i64,
+                            req,
+                            slot,
+                            last: 0,
+                            generated: 0,
+                            decoder: StreamDecoder::default(),
+                            text: String::new(),
+                            emitted: 0,
+                            first_token_sent: false,
+                            last_event: None,
+                        };
+                        let t = seq.sampler.sample(&row);
+                        self.stats.running.fetch_add(1, Ordering::Relaxed);
+                        if self.accept(&mut seq, t) {
+                            self.running.push(seq);
+                        } else {
+                            self.finish_slot(slot);
+                            seq.send_last();
+                        }
+                    }
+                    Err(e) => {
+                        let _ = req.events.send(Event::Error(e));
+                        self.free.push(slot);
+                        self.release();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waiting requests for free slots, up to [`PREFILL_ROWS`] prompt tokens; requests that
+    /// cannot run (client gone, adapter not loaded, bad prompt) are answered here.
+    fn take_admissions(&mut self) -> Vec<Admission> {
+        let mut batch = Vec::new();
+        let mut rows = 0;
+        while !self.free.is_empty() && (batch.is_empty() || rows < PREFILL_ROWS) {
+            let Some(req) = self.waiting.pop_front() else {
+                break;
             };
             if req.events.is_closed() {
                 self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
@@ -435,45 +517,68 @@ impl Worker {
                     }
                 },
             };
-            let Some(slot) = self.free.pop() else { return };
-            self.phase_threads(true);
-            let prompt: Vec<i64> = req.prompt.iter().map(|&t| t as i64).collect();
-            let logits = self
-                .model
-                .prefill(&prompt, slot, &mut self.kv, adapter.as_deref());
-            self.stats
-                .prompt_tokens
-                .fetch_add(prompt.len(), Ordering::Relaxed);
-            match logits {
-                Ok(l) => {
-                    let row = Vec::<f32>::try_from(l.to_kind(Kind::Float)).unwrap_or_default();
-                    let mut seq = Seq {
-                        adapter,
-                        sampler: Sampler::new(req.sampling.clone()),
-                        pos: prompt.len() as i64,
-                        req,
-                        slot,
-                        last: 0,
-                        generated: 0,
-                        decoder: StreamDecoder::default(),
-                        text: String::new(),
-                        emitted: 0,
-                        first_token_sent: false,
-                        last_event: None,
-                    };
-                    let t = seq.sampler.sample(&row);
-                    self.stats.running.fetch_add(1, Ordering::Relaxed);
-                    if self.accept(&mut seq, t) {
-                        self.running.push(seq);
-                    } else {
-                        self.finish_slot(slot);
-                        seq.send_last();
+            let bad = if req.prompt.is_empty() {
+                Some("empty prompt".to_string())
+            } else {
+                self.model
+                    .check_positions(req.prompt.len() as i64)
+                    .err()
+                    .map(|e| e.to_string())
+            };
+            if let Some(e) = bad {
+                let _ = req.events.send(Event::Error(e));
+                self.release();
+                continue;
+            }
+            let Some(slot) = self.free.pop() else { break };
+            rows += req.prompt.len();
+            batch.push((req, adapter, slot));
+        }
+        batch
+    }
+
+    /// The last-position logits of each admitted prompt (all in one pass on the host path).
+    fn prefill(&mut self, batch: &[Admission]) -> Vec<Result<Vec<f32>, String>> {
+        match &mut self.kv {
+            Cache::Tensor(kv) => batch
+                .iter()
+                .map(|(req, adapter, slot)| {
+                    let prompt: Vec<i64> = req.prompt.iter().map(|&t| t as i64).collect();
+                    self.model
+                        .prefill(&prompt, *slot, kv, adapter.as_deref())
+                        .and_then(|l| Ok(Vec::<f32>::try_from(l.to_kind(Kind::Float))?))
+                        .map_err(|e| e.to_string())
+                })
+                .collect(),
+            Cache::Host(kv) => {
+                let (mut tokens, mut slots, mut pos, mut ends) = (vec![], vec![], vec![], vec![]);
+                let mut groups: Vec<(Rc<Adapter>, Vec<usize>)> = Vec::new();
+                for (req, adapter, slot) in batch {
+                    let first = tokens.len();
+                    tokens.extend(req.prompt.iter().map(|&t| t as i64));
+                    slots.extend(std::iter::repeat_n(*slot as usize, req.prompt.len()));
+                    pos.extend(0..req.prompt.len());
+                    ends.push(tokens.len() - 1);
+                    if let Some(a) = adapter {
+                        group_rows(&mut groups, a, first..tokens.len());
                     }
                 }
-                Err(e) => {
-                    let _ = req.events.send(Event::Error(e.to_string()));
-                    self.free.push(slot);
-                    self.release();
+                let refs: Vec<(&Adapter, Vec<usize>)> = groups
+                    .iter()
+                    .map(|(a, r)| (a.as_ref(), r.clone()))
+                    .collect();
+                let rows = Rows {
+                    tokens: &tokens,
+                    slots: &slots,
+                    pos: &pos,
+                    groups: &refs,
+                };
+                match self.model.forward_host(&rows, kv, &ends) {
+                    Ok(l) => {
+                        let v = l.len() / batch.len();
+                        l.chunks_exact(v).map(|r| Ok(r.to_vec())).collect()
+                    }
+                    Err(e) => batch.iter().map(|_| Err(e.to_string())).collect(),
                 }
             }
         }
@@ -577,14 +682,11 @@ impl Worker {
         let slots: Vec<i64> = self.running.iter().map(|s| s.slot).collect();
         let pos: Vec<i64> = self.running.iter().map(|s| s.pos).collect();
         // Group rows by adapter identity.
-        let mut groups: Vec<(Rc<Adapter>, Vec<i64>)> = Vec::new();
+        let mut groups: Vec<(Rc<Adapter>, Vec<usize>)> = Vec::new();
         let mut base_rows = 0;
         for (i, s) in self.running.iter().enumerate() {
             match &s.adapter {
-                Some(a) => match groups.iter_mut().find(|(g, _)| Rc::ptr_eq(g, a)) {
-                    Some((_, rows)) => rows.push(i as i64),
-                    None => groups.push((a.clone(), vec![i as i64])),
-                },
+                Some(a) => group_rows(&mut groups, a, std::iter::once(i)),
                 None => base_rows += 1,
             }
         }
@@ -592,20 +694,42 @@ impl Worker {
         if kinds > 1 {
             self.stats.mixed_steps.fetch_add(1, Ordering::Relaxed);
         }
-        let group_refs: Vec<(&Adapter, Tensor)> = groups
-            .iter()
-            .map(|(a, rows)| (a.as_ref(), Tensor::from_slice(rows)))
-            .collect();
-        let adapt = if group_refs.is_empty() {
-            Adapt::None
-        } else {
-            Adapt::Rows(&group_refs)
-        };
         self.phase_threads(false);
-        let result = self
-            .model
-            .decode(&tokens, &slots, &pos, &mut self.kv, adapt)
-            .and_then(|l| Ok(Vec::<f32>::try_from(l.flatten(0, -1))?));
+        let result = match &mut self.kv {
+            Cache::Tensor(kv) => {
+                let group_refs: Vec<(&Adapter, Tensor)> = groups
+                    .iter()
+                    .map(|(a, rows)| {
+                        let rows: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+                        (a.as_ref(), Tensor::from_slice(&rows))
+                    })
+                    .collect();
+                let adapt = if group_refs.is_empty() {
+                    Adapt::None
+                } else {
+                    Adapt::Rows(&group_refs)
+                };
+                self.model
+                    .decode(&tokens, &slots, &pos, kv, adapt)
+                    .and_then(|l| Ok(Vec::<f32>::try_from(l.flatten(0, -1))?))
+            }
+            Cache::Host(kv) => {
+                let refs: Vec<(&Adapter, Vec<usize>)> = groups
+                    .iter()
+                    .map(|(a, r)| (a.as_ref(), r.clone()))
+                    .collect();
+                let slots: Vec<usize> = slots.iter().map(|&s| s as usize).collect();
+                let pos: Vec<usize> = pos.iter().map(|&p| p as usize).collect();
+                let all: Vec<usize> = (0..tokens.len()).collect();
+                let rows = Rows {
+                    tokens: &tokens,
+                    slots: &slots,
+                    pos: &pos,
+                    groups: &refs,
+                };
+                self.model.forward_host(&rows, kv, &all)
+            }
+        };
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
         self.stats
             .max_batch

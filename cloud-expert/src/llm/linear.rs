@@ -1,13 +1,14 @@
 //! Frozen linear-layer weights in the precision the server decodes with.
 //!
 //! - `F32`: the loaded weights as they are (shares their storage); for serving
-//!   ([`Weight::new_serving`]) also a Rust copy that the multi-threaded decoding kernel of
-//!   `offload-kernels` streams once per step (libtorch's float32 GEMV uses one thread here).
+//!   ([`Weight::new_serving`]) also a packed copy that the multi-threaded kernel of
+//!   `offload-kernels` multiplies (libtorch's float32 GEMV uses one thread here; the kernel
+//!   streams the weights once per decoding step and matches MKL on short prompts).
 //! - `Bf16`: bfloat16 weights and activations inside the GEMM (half the bytes per token; fast on
 //!   CPUs with AVX512-BF16 or AMX), float32 outside.
-//! - `Int8`: weight-only int8 with one symmetric scale per output row (`w ~ scale * q`), through
-//!   ATen's `_weight_int8pack_mm` with bfloat16 activations (its float32-activation kernel is a
-//!   slow fallback on CPU, 8x slower here): a quarter of the float32 bytes per token.
+//! - `Int8`: weight-only int8 with one symmetric scale per output row (`w ~ scale * q`), packed
+//!   for the same kernel, which widens the weights in registers: a quarter of the float32 bytes
+//!   per token, float32 activations. Inference only (no gradient flows through it).
 
 use std::sync::OnceLock;
 use tch::{Kind, Tensor};
@@ -24,6 +25,11 @@ pub fn init_kernel_threads(threads: usize) {
 /// Runs `f` as one of the decoding kernel's worker threads (see `offload_kernels::Pool::install`).
 pub fn run_in_kernel_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     pool().install(f)
+}
+
+/// The kernel's thread pool (row-parallel host work runs on it too).
+pub(super) fn kernel_pool() -> &'static offload_kernels::Pool {
+    pool()
 }
 
 fn pool() -> &'static offload_kernels::Pool {
@@ -50,55 +56,38 @@ pub enum Precision {
 pub enum Weight {
     /// float32.
     F32(Tensor),
-    /// float32 with a row-major copy for the decoding kernel.
-    F32Rows {
-        /// The tensor (training and wide inputs).
-        t: Tensor,
+    /// Packed for the kernel (float32 or int8), with the float32 tensor for inputs that need a
+    /// gradient when there is one.
+    Kernel {
+        /// The float32 tensor (training), absent for int8.
+        t: Option<Tensor>,
         /// The kernel's copy.
         rows: Fused,
     },
     /// bfloat16.
     Bf16(Tensor),
-    /// int8 rows and their float32 scales (d_out).
-    Int8 {
-        /// (d_out, d_in) int8.
-        q: Tensor,
-        /// (d_out,) bfloat16.
-        scales: Tensor,
-    },
 }
 
 impl Weight {
-    /// `w` (float32) in `precision`.
+    /// `w` (float32) in `precision`; float32 stays a libtorch tensor (training, tests).
     pub fn new(w: &Tensor, precision: Precision) -> Self {
         match precision {
             Precision::F32 => Weight::F32(w.shallow_clone()),
-            Precision::Bf16 => Weight::Bf16(w.to_kind(Kind::BFloat16)),
-            Precision::Int8 => {
-                let scales = w.abs().amax([1i64].as_slice(), false).clamp_min(1e-12) / 127.0;
-                let q = (w / scales.unsqueeze(1))
-                    .round()
-                    .clamp(-127.0, 127.0)
-                    .to_kind(Kind::Int8);
-                Weight::Int8 {
-                    q,
-                    scales: scales.to_kind(Kind::BFloat16),
-                }
-            }
+            _ => Self::new_serving(w, precision),
         }
     }
 
-    /// Like [`Weight::new`], but float32 weights also get the decoding kernel's copy.
+    /// Like [`Weight::new`], but float32 weights also get the kernel's packed copy.
     pub fn new_serving(w: &Tensor, precision: Precision) -> Self {
-        if precision != Precision::F32 {
-            return Self::new(w, precision);
-        }
-        match Fused::new(&[w]) {
-            Some(rows) => Weight::F32Rows {
-                t: w.shallow_clone(),
-                rows,
+        match precision {
+            Precision::Bf16 => Weight::Bf16(w.to_kind(Kind::BFloat16)),
+            Precision::F32 | Precision::Int8 => match Fused::new(&[w], precision) {
+                Some(rows) => Weight::Kernel {
+                    t: (precision == Precision::F32).then(|| w.shallow_clone()),
+                    rows,
+                },
+                None => Weight::F32(w.shallow_clone()),
             },
-            None => Weight::F32(w.shallow_clone()),
         }
     }
 
@@ -106,102 +95,116 @@ impl Weight {
     pub fn apply(&self, x: &Tensor) -> Tensor {
         match self {
             Weight::F32(w) => x.linear::<&Tensor>(w, None),
-            Weight::F32Rows { t, rows } => rows
-                .try_apply(x)
-                .and_then(|mut parts| parts.pop())
-                .unwrap_or_else(|| x.linear::<&Tensor>(t, None)),
+            Weight::Kernel { t, rows } => match t {
+                Some(t) if x.requires_grad() => x.linear::<&Tensor>(t, None),
+                _ => rows
+                    .apply(x)
+                    .pop()
+                    .unwrap_or_else(|| panic!("a one-part kernel weight yields one output")),
+            },
             Weight::Bf16(w) => x
                 .to_kind(Kind::BFloat16)
                 .linear::<&Tensor>(w, None)
                 .to_kind(Kind::Float),
-            Weight::Int8 { q, scales } => {
-                let size = x.size();
-                let d_in = size[size.len() - 1];
-                let mut out = size[..size.len() - 1].to_vec();
-                out.push(q.size()[0]);
-                x.reshape([-1, d_in])
-                    .to_kind(Kind::BFloat16)
-                    .internal_weight_int8pack_mm(q, scales)
-                    .to_kind(Kind::Float)
-                    .reshape(out)
-            }
+        }
+    }
+
+    /// `x W^T` on host rows (`rows` x d_in) when the weight is packed for the kernel.
+    pub fn host(&self, x: &[f32], rows: usize) -> Option<Vec<f32>> {
+        match self {
+            Weight::Kernel { rows: f, .. } => Some(f.host(x, rows)),
+            _ => None,
         }
     }
 
     /// Bytes read per use.
     pub fn bytes(&self) -> usize {
         match self {
-            Weight::F32(w) | Weight::Bf16(w) | Weight::F32Rows { t: w, .. } => {
-                w.numel() * w.kind().elt_size_in_bytes()
-            }
-            Weight::Int8 { q, scales } => q.numel() + 2 * scales.numel(),
+            Weight::F32(w) | Weight::Bf16(w) => w.numel() * w.kind().elt_size_in_bytes(),
+            Weight::Kernel { rows, .. } => rows.bytes(),
         }
     }
 }
 
-/// Several float32 matrices with the same input stacked row-wise for the decoding kernel
-/// (q, k, v; gate, up): one pass over their weights and one dispatch instead of several.
+/// Matrices with the same input stacked row-wise and packed for the kernel (q, k, v; gate, up;
+/// or a single matrix): one pass over their weights and one dispatch instead of several.
 #[derive(Debug)]
 pub struct Fused {
-    data: Vec<f32>,
-    k: usize,
+    packed: offload_kernels::Packed,
     /// Output width of each part, in order.
     parts: Vec<usize>,
 }
 
 impl Fused {
-    /// Stacks `ws` (each (d_out_i, d_in)); None if they do not share d_in.
-    pub fn new(ws: &[&Tensor]) -> Option<Self> {
-        let k = ws.first()?.size()[1];
-        if ws.iter().any(|w| w.size()[1] != k) {
+    /// Stacks `ws` (each (d_out_i, d_in)) in `precision` (float32 or int8); None if they do not
+    /// share d_in or the precision has no kernel.
+    pub fn new(ws: &[&Tensor], precision: Precision) -> Option<Self> {
+        let k = ws.first()?.size()[1] as usize;
+        if ws.iter().any(|w| w.size()[1] as usize != k) {
             return None;
         }
         let cat = Tensor::cat(ws, 0).to_kind(Kind::Float).contiguous();
+        let n = cat.size()[0] as usize;
         let data = Vec::<f32>::try_from(cat.flatten(0, -1)).ok()?;
+        let packed = match precision {
+            Precision::F32 => offload_kernels::Packed::f32(&data, n, k),
+            Precision::Int8 => offload_kernels::Packed::int8(&data, n, k),
+            Precision::Bf16 => return None,
+        };
         Some(Self {
-            data,
-            k: k as usize,
+            packed,
             parts: ws.iter().map(|w| w.size()[0] as usize).collect(),
         })
     }
 
-    /// Each part's `x W_i^T`, when the kernel applies; None otherwise (the caller then uses
-    /// libtorch). The kernel serves decoding, up to 8 rows, where it streams the weights at
-    /// memory speed; prompts (MKL's blocked GEMM is faster from ~16 rows) and anything that
-    /// needs a gradient go to libtorch.
-    pub fn try_apply(&self, x: &Tensor) -> Option<Vec<Tensor>> {
+    /// Bytes read per call.
+    pub fn bytes(&self) -> usize {
+        self.packed.bytes()
+    }
+
+    /// All parts' `x W^T` for host rows `x` (`rows` x d_in): (`rows` x total width), the
+    /// parts side by side in each row.
+    pub fn host(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let mut out = vec![0f32; rows * self.packed.n()];
+        pool().matmul(&self.packed, x, rows, &mut out);
+        out
+    }
+
+    /// Each part's `x W_i^T` for `x` (..., d_in), without a gradient.
+    pub fn apply(&self, x: &Tensor) -> Vec<Tensor> {
         let size = x.size();
-        let rows: i64 = size[..size.len() - 1].iter().product();
-        if rows > 8 || x.requires_grad() || x.kind() != Kind::Float {
-            return None;
+        let lead = &size[..size.len() - 1];
+        let b = lead.iter().product::<i64>() as usize;
+        let xs = Vec::<f32>::try_from(x.detach().to_kind(Kind::Float).contiguous().view([-1]))
+            .unwrap_or_else(|e| panic!("kernel input: {e}"));
+        let n = self.packed.n();
+        let mut out = vec![0f32; b * n];
+        pool().matmul(&self.packed, &xs, b, &mut out);
+        let y = Tensor::from_slice(&out).view([b as i64, n as i64]);
+        if let [p] = self.parts[..] {
+            let mut shape = lead.to_vec();
+            shape.push(p as i64);
+            return vec![y.view(shape.as_slice())];
         }
-        let xs = Vec::<f32>::try_from(x.contiguous().view([-1])).ok()?;
-        let n: usize = self.parts.iter().sum();
-        let b = rows as usize;
-        let mut out = vec![0f32; n * b];
-        pool().matmul_t(&self.data, n, self.k, &xs, b, &mut out);
-        let y = Tensor::from_slice(&out).view([n as i64, rows]);
-        let y = if b == 1 {
-            y.view([1, n as i64])
-        } else {
-            y.tr().contiguous()
-        };
         let mut start = 0;
-        Some(
-            self.parts
-                .iter()
-                .map(|&p| {
-                    let mut shape = size[..size.len() - 1].to_vec();
-                    shape.push(p as i64);
-                    let part = y
-                        .narrow(1, start, p as i64)
-                        .contiguous()
-                        .view(shape.as_slice());
-                    start += p as i64;
-                    part
-                })
-                .collect(),
-        )
+        self.parts
+            .iter()
+            .map(|&p| {
+                let mut shape = lead.to_vec();
+                shape.push(p as i64);
+                let part = y
+                    .narrow(1, start, p as i64)
+                    .contiguous()
+                    .view(shape.as_slice());
+                start += p as i64;
+                part
+            })
+            .collect()
+    }
+
+    /// [`Fused::apply`] unless `x` needs a gradient (then None: the caller uses libtorch).
+    pub fn try_apply(&self, x: &Tensor) -> Option<Vec<Tensor>> {
+        (!x.requires_grad()).then(|| self.apply(x))
     }
 }
 
@@ -228,10 +231,10 @@ mod tests {
             let rel = (got - &want).abs().max().double_value(&[]) / scale;
             assert!(rel < tol, "{p:?}: relative error {rel}");
         }
-        assert_eq!(Weight::new(&w, Precision::Int8).bytes(), 48 * 64 + 2 * 48);
+        assert_eq!(Weight::new(&w, Precision::Int8).bytes(), 48 * 64 + 4 * 48);
         // Fused parts equal the separate products.
         let w2 = Tensor::randn([16, 64], (Kind::Float, tch::Device::Cpu));
-        let f = Fused::new(&[&w, &w2]).unwrap();
+        let f = Fused::new(&[&w, &w2], Precision::F32).unwrap();
         let x = Tensor::randn([3, 64], (Kind::Float, tch::Device::Cpu));
         let parts = f.try_apply(&x).unwrap();
         assert!(
@@ -249,12 +252,14 @@ mod tests {
                 < 1e-4
         );
         assert!(f
-            .try_apply(&Tensor::randn([9, 64], (Kind::Float, tch::Device::Cpu)))
+            .try_apply(
+                &Tensor::randn([9, 64], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true)
+            )
             .is_none());
-        // The decoding kernel agrees with libtorch for 1 and several rows.
+        // The kernel agrees with libtorch for 1, several and many rows.
         let fast = Weight::new_serving(&w, Precision::F32);
-        assert!(matches!(fast, Weight::F32Rows { .. }));
-        for rows in [1, 5] {
+        assert!(matches!(fast, Weight::Kernel { t: Some(_), .. }));
+        for rows in [1, 5, 40] {
             let x = Tensor::randn([rows, 1, 64], (Kind::Float, tch::Device::Cpu));
             let d = (fast.apply(&x) - x.matmul(&w.tr()))
                 .abs()

@@ -10,6 +10,7 @@ pub mod finetune;
 pub mod fixture;
 pub mod generate;
 pub mod gguf;
+pub mod host;
 pub mod kv;
 pub mod linear;
 pub mod load;

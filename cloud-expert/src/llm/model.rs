@@ -15,6 +15,7 @@
 //! equal that sequence decoded alone with its adapter (both tested).
 
 use super::adapter::{Adapter, Module};
+use super::host::HostTables;
 pub use super::kv::SlotKv;
 use super::linear::{Fused, Precision, Weight};
 use std::collections::HashMap;
@@ -124,15 +125,15 @@ pub enum Adapt<'a> {
 
 /// One decoder block's weights.
 #[derive(Debug)]
-struct Block {
+pub(super) struct Block {
     attn_norm: Tensor,
     mlp_norm: Tensor,
     /// Indexed by `Module as usize`.
-    proj: Vec<Weight>,
-    /// q, k, v stacked for the decoding kernel (float32 serving only).
-    qkv: Option<Fused>,
-    /// gate, up stacked for the decoding kernel (float32 serving only).
-    gate_up: Option<Fused>,
+    pub(super) proj: Vec<Weight>,
+    /// q, k, v stacked for the kernel (float32 and int8 serving).
+    pub(super) qkv: Option<Fused>,
+    /// gate, up stacked for the kernel (float32 and int8 serving).
+    pub(super) gate_up: Option<Fused>,
 }
 
 /// The decoder: weights by Hugging Face name, the per-block view used for compute, and rotary
@@ -143,9 +144,11 @@ pub struct Llama {
     pub cfg: LlamaConfig,
     /// Weights by name (float32; the source of truth).
     weights: HashMap<String, Tensor>,
-    blocks: Vec<Block>,
-    embed: Tensor,
-    head: Weight,
+    pub(super) blocks: Vec<Block>,
+    pub(super) embed: Tensor,
+    pub(super) head: Weight,
+    /// Host copies of norms and rotary tables when every weight is packed (see `host.rs`).
+    pub(super) host: Option<HostTables>,
     final_norm: Tensor,
     precision: Precision,
     /// (max_pos, head_dim) cosine table.
@@ -230,6 +233,7 @@ impl Llama {
             head: Weight::F32(w(head_name)),
             final_norm: w("model.norm.weight"),
             precision: Precision::F32,
+            host: None,
             cfg,
             weights: checked,
         };
@@ -253,15 +257,16 @@ impl Llama {
             }
         };
         let w = |n: &str| &self.weights[n];
-        // Float32 serving: q/k/v and gate/up go to the kernel stacked (one dispatch each), so
-        // their separate weights stay plain libtorch tensors (for prompts and training).
-        let fuse = serving && precision == Precision::F32;
+        // Kernel serving (float32, int8): q/k/v and gate/up go to the kernel stacked (one
+        // dispatch each), so their separate weights stay plain float32 libtorch tensors (shared
+        // storage; training and the fallback).
+        let fuse = serving && precision != Precision::Bf16;
         self.blocks = (0..self.cfg.num_hidden_layers)
             .map(|l| {
                 let stack = |ms: &[Module]| {
                     let ws: Vec<&Tensor> = ms.iter().map(|m| w(&m.weight_name(l))).collect();
                     if fuse {
-                        Fused::new(&ws)
+                        Fused::new(&ws, precision)
                     } else {
                         None
                     }
@@ -282,7 +287,7 @@ impl Llama {
                         .iter()
                         .map(|m| {
                             if fused(m) {
-                                Weight::new(w(&m.weight_name(l)), precision)
+                                Weight::F32(w(&m.weight_name(l)).shallow_clone())
                             } else {
                                 make(w(&m.weight_name(l)))
                             }
@@ -300,6 +305,19 @@ impl Llama {
         };
         self.head = make(w(head_name));
         self.precision = precision;
+        let packed = |w: &Weight| matches!(w, Weight::Kernel { .. });
+        let all_packed = packed(&self.head)
+            && self.blocks.iter().all(|b| {
+                b.qkv.is_some()
+                    && b.gate_up.is_some()
+                    && packed(&b.proj[Module::OProj as usize])
+                    && packed(&b.proj[Module::DownProj as usize])
+            });
+        self.host = all_packed.then(|| {
+            let attn: Vec<&Tensor> = self.blocks.iter().map(|b| &b.attn_norm).collect();
+            let mlp: Vec<&Tensor> = self.blocks.iter().map(|b| &b.mlp_norm).collect();
+            HostTables::new(&attn, &mlp, &self.final_norm, &self.cos, &self.sin)
+        });
     }
 
     /// The compute precision.
@@ -312,7 +330,16 @@ impl Llama {
         let norms = (2 * self.blocks.len() + 1) * self.cfg.hidden_size * 4;
         self.blocks
             .iter()
-            .flat_map(|b| b.proj.iter().map(Weight::bytes))
+            .map(|b| {
+                let stacked = |f: &Option<Fused>, ms: &[Module]| match f {
+                    Some(f) => f.bytes(),
+                    None => ms.iter().map(|&m| b.proj[m as usize].bytes()).sum(),
+                };
+                stacked(&b.qkv, &[Module::QProj, Module::KProj, Module::VProj])
+                    + stacked(&b.gate_up, &[Module::GateProj, Module::UpProj])
+                    + b.proj[Module::OProj as usize].bytes()
+                    + b.proj[Module::DownProj as usize].bytes()
+            })
             .sum::<usize>()
             + self.head.bytes()
             + norms
@@ -450,7 +477,7 @@ impl Llama {
         self.head.apply(&self.rms_norm(x, &self.final_norm))
     }
 
-    fn check_positions(&self, end: i64) -> Result<(), ModelError> {
+    pub(super) fn check_positions(&self, end: i64) -> Result<(), ModelError> {
         if end > self.cfg.max_position_embeddings as i64 {
             return Err(ModelError::Config(format!(
                 "{end} positions exceed max_position_embeddings {}",
@@ -628,7 +655,13 @@ fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
 
 /// Attention of q (B, H, T, hd) over k, v (B, KVH, L, hd) with query groups sharing a KV head;
 /// `mask` (T, L) is true where a key is hidden. Returns (B, T, H, hd).
-fn grouped_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, hd: i64) -> Tensor {
+pub(super) fn grouped_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    hd: i64,
+) -> Tensor {
     let (b, h, t, _) = q.size4().unwrap_or((1, 1, 1, 1));
     let kvh = k.size()[1];
     let rep = h / kvh;
@@ -830,6 +863,57 @@ mod tests {
             pos.iter_mut().for_each(|p| *p += 1);
         }
         assert!(kv.capacity() >= 9);
+        // Host path: the three prompts prefilled in one batch, then mixed decode steps.
+        assert!(m.host_ready());
+        let hslots = [2usize, 0, 1];
+        let mut hkv = m.host_kv(3);
+        let (mut toks, mut hs, mut hp, mut ends) = (vec![], vec![], vec![], vec![]);
+        let (mut lsr_rows, mut lora_rows) = (vec![], vec![]);
+        for (i, p) in prompts.iter().enumerate() {
+            for (j, &t) in p.iter().enumerate() {
+                [&mut lsr_rows, &mut vec![], &mut lora_rows][i].push(toks.len());
+                toks.push(t);
+                hs.push(hslots[i]);
+                hp.push(j);
+            }
+            ends.push(toks.len() - 1);
+        }
+        let g0 = [(&lsr, lsr_rows), (&lora, lora_rows)];
+        fn batch<'a>(
+            tokens: &'a [i64],
+            slots: &'a [usize],
+            pos: &'a [usize],
+            groups: &'a [(&'a Adapter, Vec<usize>)],
+        ) -> crate::llm::host::Rows<'a> {
+            crate::llm::host::Rows {
+                tokens,
+                slots,
+                pos,
+                groups,
+            }
+        }
+        let v = cfg.vocab_size;
+        let mut out = m
+            .forward_host(&batch(&toks, &hs, &hp, &g0), &mut hkv, &ends)
+            .unwrap();
+        let mut hpos: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
+        let g1 = [(&lsr, vec![0usize]), (&lora, vec![2usize])];
+        for step in 0..steps {
+            let mut next = vec![];
+            for i in 0..3 {
+                let got = Tensor::from_slice(&out[i * v..(i + 1) * v]);
+                let d = max_diff(&got, &want[i][step].squeeze());
+                assert!(d < 1e-4, "host: sequence {i} step {step}: {d}");
+                next.push(got.argmax(-1, false).int64_value(&[]));
+            }
+            out = m
+                .forward_host(&batch(&next, &hslots, &hpos, &g1), &mut hkv, &[0, 1, 2])
+                .unwrap();
+            hpos.iter_mut().for_each(|p| *p += 1);
+        }
+        // A position past the cached ones is refused before anything changes.
+        let gap = m.forward_host(&batch(&[1], &[0], &[hpos[1] + 1], &[]), &mut hkv, &[0]);
+        assert!(matches!(gap, Err(ModelError::Config(e)) if e.contains("position")));
         // Merging the adapter into the weights gives the adapter's logits.
         let merged = m.merged(&lsr).unwrap();
         let t = Tensor::from_slice(prompts[0]).view([1, -1]);

@@ -268,8 +268,8 @@ pub struct Adapter {
 pub struct HostLora {
     /// (r, d_in), row-major.
     pub a: Vec<f32>,
-    /// (d_out, r), row-major.
-    pub b: Vec<f32>,
+    /// B^T: (r, d_out), row-major.
+    pub bt: Vec<f32>,
     /// Rank.
     pub r: usize,
     /// Output width.
@@ -302,7 +302,7 @@ impl Adapter {
                         *k,
                         HostLora {
                             a: vec(&x.a),
-                            b: vec(&x.b),
+                            bt: vec(&x.b.tr()),
                             r: x.a.size()[0] as usize,
                             d_out: x.b.size()[0] as usize,
                             scale: x.scale as f32,

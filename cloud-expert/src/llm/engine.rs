@@ -833,7 +833,18 @@ mod tests {
 
     #[test]
     fn concurrent_greedy_requests_equal_each_sequence_alone_and_limits_hold() {
-        let (m, tok) = setup();
+        // Both paths: libtorch tensors, and the host forward pass of packed weights.
+        for host in [false, true] {
+            concurrent_requests(host);
+        }
+    }
+
+    fn concurrent_requests(host: bool) {
+        let (mut m, tok) = setup();
+        if host {
+            m.set_precision(crate::llm::linear::Precision::F32);
+        }
+        assert_eq!(m.host_ready(), host);
         let prompts: Vec<Vec<u32>> = ["hello", "the cat sat", "world, the mat", "sat on"]
             .iter()
             .map(|p| tok.encode(p))
@@ -874,7 +885,7 @@ mod tests {
         }
         for (i, rx) in rxs.into_iter().enumerate() {
             let (text, done) = collect(rx);
-            assert_eq!(text, want[i], "request {i}");
+            assert_eq!(text, want[i], "request {i} (host path: {host})");
             assert!(
                 matches!(done, Event::Done { prompt_tokens, .. } if prompt_tokens == prompts[i].len())
             );

@@ -390,7 +390,7 @@ impl Llama {
     }
 }
 
-/// `y[i, off..] += scale * (x_i A^T) B^T` for the rows `idx`.
+/// `y[i, off..] += scale * (x_i A^T) B^T` for the rows `idx` (B^T's rows as axpys).
 fn lora_rows(
     f: &HostLora,
     idx: &[usize],
@@ -400,15 +400,13 @@ fn lora_rows(
     width: usize,
     off: usize,
 ) {
-    let mut xa = vec![0f32; f.r];
     for &i in idx {
         let xi = &x[i * d_in..(i + 1) * d_in];
-        for (rr, v) in xa.iter_mut().enumerate() {
-            *v = dot(xi, &f.a[rr * d_in..(rr + 1) * d_in]) * f.scale;
-        }
         let dst = &mut y[i * width + off..i * width + off + f.d_out];
-        for (o, dy) in dst.iter_mut().enumerate() {
-            *dy += dot(&xa, &f.b[o * f.r..(o + 1) * f.r]);
+        for rr in 0..f.r {
+            let c = dot(xi, &f.a[rr * d_in..(rr + 1) * d_in]) * f.scale;
+            let bt = &f.bt[rr * f.d_out..(rr + 1) * f.d_out];
+            dst.iter_mut().zip(bt).for_each(|(y, b)| *y += c * b);
         }
     }
 }

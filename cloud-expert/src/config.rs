@@ -253,6 +253,30 @@ pub struct ServeArgs {
     /// With --tls-client-ca: also accept clients without a certificate (token auth).
     #[arg(long, env = "CLOUD_EXPERT_TLS_CLIENT_OPTIONAL")]
     pub tls_client_optional: bool,
+    /// Most points per analysis request (HTTP 413 beyond).
+    #[arg(
+        long,
+        env = "CLOUD_EXPERT_ANALYSIS_MAX_POINTS",
+        default_value_t = 100_000
+    )]
+    pub analysis_max_points: usize,
+    /// Most values (points x dimensions) per analysis request (HTTP 413 beyond).
+    #[arg(
+        long,
+        env = "CLOUD_EXPERT_ANALYSIS_MAX_VALUES",
+        default_value_t = 20_000_000
+    )]
+    pub analysis_max_values: usize,
+    /// Largest analysis request body in MiB (HTTP 413 beyond).
+    #[arg(long, env = "CLOUD_EXPERT_ANALYSIS_MAX_BODY_MB", default_value_t = 256)]
+    pub analysis_max_body_mb: usize,
+    /// Analyses computed at once (HTTP 503 beyond).
+    #[arg(
+        long,
+        env = "CLOUD_EXPERT_ANALYSIS_MAX_CONCURRENT",
+        default_value_t = 2
+    )]
+    pub analysis_max_concurrent: usize,
     /// LLM serving (OpenAI-compatible API on the HTTP port).
     #[command(flatten)]
     pub llm: LlmArgs,

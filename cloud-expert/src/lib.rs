@@ -3,6 +3,7 @@
 //! writes the model repository the servers and devices use.
 #![warn(missing_docs)]
 
+pub mod analysis;
 pub mod bench;
 pub mod bench_serve;
 pub mod config;
@@ -92,6 +93,17 @@ pub fn serve_config(a: &config::ServeArgs) -> Result<serve::ServeConfig, CloudEr
     );
     cfg.max_rows = a.max_rows;
     cfg.max_message_bytes = a.max_message_bytes;
+    if a.analysis_max_points == 0 || a.analysis_max_body_mb == 0 || a.analysis_max_concurrent == 0 {
+        return Err(CloudError::Config(
+            "--analysis-max-points, --analysis-max-body-mb and --analysis-max-concurrent must be positive".into(),
+        ));
+    }
+    cfg.analysis = serve::analysis::AnalysisLimits {
+        max_points: a.analysis_max_points,
+        max_values: a.analysis_max_values,
+        max_body_bytes: a.analysis_max_body_mb << 20,
+        max_concurrent: a.analysis_max_concurrent,
+    };
     cfg.grace = grace;
     cfg.keep_versions = a.keep_versions.max(1);
     cfg.poll = (!poll.is_zero()).then_some(poll);

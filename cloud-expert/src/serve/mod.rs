@@ -8,6 +8,7 @@
 //! in-flight requests get `grace` to finish. With `poll` set, the repository is re-read
 //! periodically (see [`registry`] for the reload invariants).
 
+pub mod analysis;
 pub mod auth;
 pub mod batcher;
 pub mod error;
@@ -72,6 +73,8 @@ pub struct ServeConfig {
     pub max_streams_per_connection: u32,
     /// An LLM served through the OpenAI-compatible API on the HTTP port.
     pub llm: Option<llm::LlmServeConfig>,
+    /// Limits of the analysis endpoints (`/v1/analysis/...`).
+    pub analysis: analysis::AnalysisLimits,
 }
 
 impl ServeConfig {
@@ -93,6 +96,7 @@ impl ServeConfig {
             max_in_flight: 4096,
             max_streams_per_connection: 256,
             llm: None,
+            analysis: analysis::AnalysisLimits::default(),
         }
     }
 }
@@ -239,7 +243,7 @@ pub async fn run(
     }
     let http_task = match http {
         Some(listener) => {
-            let mut app = http::app(state.clone());
+            let mut app = http::app(state.clone()).merge(analysis::router(cfg.analysis));
             if let Some(l) = &llm_state {
                 app = app.merge(openai::router(l.clone()));
             }

@@ -1,0 +1,44 @@
+//! Embedding and model analysis (issue 6; definitions in the project's spec, `analysis.md`):
+//! intrinsic dimension so far. Pure functions over [`Points`], used by the HTTP endpoints
+//! (`serve/analysis.rs`) and by `cloud-expert analyze`.
+
+pub mod id;
+pub mod knn;
+pub mod points;
+
+pub use points::Points;
+
+/// Why an analysis could not run: each names the input or parameter at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum AnalysisError {
+    /// The input is malformed (HTTP 422).
+    #[error("{field}: {why}")]
+    Invalid {
+        /// The input field.
+        field: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// The input exceeds a configured limit (HTTP 413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// A numerical step failed.
+    #[error("computation failed: {0}")]
+    Compute(String),
+}
+
+impl AnalysisError {
+    /// An [`AnalysisError::Invalid`] for `field`.
+    pub fn invalid(field: &str, why: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            why: why.into(),
+        }
+    }
+}
+
+impl From<tch::TchError> for AnalysisError {
+    fn from(e: tch::TchError) -> Self {
+        Self::Compute(e.to_string())
+    }
+}

@@ -1,0 +1,211 @@
+//! Analysis endpoints under `/v1/analysis/` and the OpenAPI document at `/openapi.json`
+//! (generated from these types by utoipa). Computations run on the blocking pool (libtorch),
+//! never on the async runtime; at most `max_concurrent` at once (503 beyond).
+//!
+//! Errors: `{"error": {"message", "field"}}` with 422 for malformed input or parameters
+//! (naming the field), 413 for input past the limits, 503 when busy, 500 if a computation fails.
+
+use crate::analysis::id::{intrinsic_dimension, IdParams, IdReport};
+use crate::analysis::{AnalysisError, Points};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use std::sync::Arc;
+use utoipa::OpenApi;
+
+/// Input limits of the analysis endpoints.
+#[derive(Debug, Clone, Copy)]
+pub struct AnalysisLimits {
+    /// Most points per request.
+    pub max_points: usize,
+    /// Most values (points x dimensions) per request.
+    pub max_values: usize,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Analyses computed at once.
+    pub max_concurrent: usize,
+}
+
+impl Default for AnalysisLimits {
+    /// 100,000 points, 20 M values (10,000 x 2,048), 256 MiB bodies, 2 at once.
+    fn default() -> Self {
+        Self {
+            max_points: 100_000,
+            max_values: 20_000_000,
+            max_body_bytes: 256 << 20,
+            max_concurrent: 2,
+        }
+    }
+}
+
+struct AnalysisState {
+    limits: AnalysisLimits,
+    permits: tokio::sync::Semaphore,
+}
+
+/// Request of `/v1/analysis/intrinsic-dimension`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdRequest {
+    /// Points as rows of equal length.
+    pub embeddings: Vec<Vec<f64>>,
+    /// Estimator settings (all optional).
+    #[serde(default)]
+    pub params: IdParams,
+}
+
+/// An error body.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// Error details.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Human-readable message.
+    pub message: String,
+    /// The request field at fault, if any.
+    pub field: Option<String>,
+}
+
+fn error(status: StatusCode, message: String, field: Option<String>) -> Response {
+    (
+        status,
+        Json(ErrorBody {
+            error: ErrorDetail { message, field },
+        }),
+    )
+        .into_response()
+}
+
+impl IntoResponse for AnalysisError {
+    fn into_response(self) -> Response {
+        match &self {
+            AnalysisError::Invalid { field, .. } => error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                self.to_string(),
+                Some(field.clone()),
+            ),
+            AnalysisError::TooLarge(_) => {
+                error(StatusCode::PAYLOAD_TOO_LARGE, self.to_string(), None)
+            }
+            AnalysisError::Compute(_) => {
+                error(StatusCode::INTERNAL_SERVER_ERROR, self.to_string(), None)
+            }
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "cloud-expert analysis API",
+        description = "Embedding and model analysis."
+    ),
+    paths(intrinsic_dimension_route),
+    components(schemas(IdRequest, IdParams, IdReport, ErrorBody, ErrorDetail))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// The analysis routes and `/openapi.json`.
+pub fn router(limits: AnalysisLimits) -> Router {
+    let state = Arc::new(AnalysisState {
+        limits,
+        permits: tokio::sync::Semaphore::new(limits.max_concurrent.max(1)),
+    });
+    Router::new()
+        .route(
+            "/v1/analysis/intrinsic-dimension",
+            post(intrinsic_dimension_route),
+        )
+        .route("/openapi.json", get(|| async { Json(openapi()) }))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .with_state(state)
+}
+
+/// Checks the size of `rows` against the limits.
+fn check_size(rows: &[Vec<f64>], l: &AnalysisLimits) -> Result<(), AnalysisError> {
+    let values: usize = rows.iter().map(Vec::len).sum();
+    if rows.len() > l.max_points {
+        return Err(AnalysisError::TooLarge(format!(
+            "embeddings: {} points exceed the limit of {}",
+            rows.len(),
+            l.max_points
+        )));
+    }
+    if values > l.max_values {
+        return Err(AnalysisError::TooLarge(format!(
+            "embeddings: {values} values exceed the limit of {}",
+            l.max_values
+        )));
+    }
+    Ok(())
+}
+
+/// Runs `f` on the blocking pool under a permit.
+async fn compute<T: Send + 'static>(
+    st: &AnalysisState,
+    f: impl FnOnce() -> Result<T, AnalysisError> + Send + 'static,
+) -> Result<T, Response> {
+    let _permit = st.permits.try_acquire().map_err(|_| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "analyses busy; retry".into(),
+            None,
+        )
+    })?;
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?
+        .map_err(IntoResponse::into_response)
+}
+
+/// Intrinsic dimension: TwoNN, MLE and lPCA.
+#[utoipa::path(
+    post,
+    path = "/v1/analysis/intrinsic-dimension",
+    request_body = IdRequest,
+    responses(
+        (status = 200, description = "Estimates", body = IdReport),
+        (status = 413, description = "Input past the limits", body = ErrorBody),
+        (status = 422, description = "Malformed input or parameters", body = ErrorBody),
+    )
+)]
+async fn intrinsic_dimension_route(
+    State(st): State<Arc<AnalysisState>>,
+    body: Result<Json<IdRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            let status = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            return error(status, e.body_text(), None);
+        }
+    };
+    if let Err(e) = check_size(&req.embeddings, &st.limits) {
+        return e.into_response();
+    }
+    let params = req.params;
+    match compute(&st, move || {
+        let p = Points::from_rows(&req.embeddings, "embeddings")?;
+        intrinsic_dimension(&p, &params)
+    })
+    .await
+    {
+        Ok(r) => Json(r).into_response(),
+        Err(resp) => resp,
+    }
+}

@@ -1,0 +1,118 @@
+//! The analysis endpoints end to end: `cloud-expert serve` (with the tiny LLM fixture) answers
+//! `/v1/analysis/intrinsic-dimension`, cross-checked against scikit-dimension by
+//! `tests/python/id_crosscheck.py`; duplicates are reported, bad input gets 422 naming the
+//! field, input past the limits 413; `/openapi.json` documents the route.
+
+use std::path::Path;
+use system_tests::{bin, curl, python, workspace_root, CloudProcess};
+
+fn start(dir: &Path, extra: &[&str]) -> CloudProcess {
+    let out = std::process::Command::new(bin("cloud-expert"))
+        .args(["llm-fixture", "--out", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::create_dir_all(dir.join("repo")).unwrap();
+    let m = dir.join("tiny.gguf");
+    let mut args = vec!["--llm", m.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    CloudProcess::start(&dir.join("repo"), "127.0.0.1:0", &args)
+}
+
+fn post(url: &str, body: &str) -> (u16, serde_json::Value) {
+    let (code, text) = curl(&[
+        "-X",
+        "POST",
+        url,
+        "-H",
+        "content-type: application/json",
+        "-d",
+        body,
+    ]);
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[test]
+fn intrinsic_dimension_matches_scikit_dimension_and_bad_input_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = start(dir.path(), &["--analysis-max-points", "5000"]);
+    let out = std::process::Command::new(python())
+        .arg(workspace_root().join("tests/python/id_crosscheck.py"))
+        .arg(cloud.http_url())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+    let url = format!("{}/v1/analysis/intrinsic-dimension", cloud.http_url());
+    // Duplicates are dropped and reported.
+    let rows: Vec<String> = (0..30)
+        .map(|i| {
+            format!(
+                "[{}, {}, {}]",
+                i % 25,
+                (i % 25) * (i % 25) % 7,
+                (i % 25) % 3
+            )
+        })
+        .collect();
+    let (code, v) = post(
+        &url,
+        &format!(
+            r#"{{"embeddings": [{}], "params": {{"k": 5}}}}"#,
+            rows.join(",")
+        ),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        (v["n_points"].as_u64(), v["n_dropped"].as_u64()),
+        (Some(25), Some(5)),
+        "{v}"
+    );
+    // Bad input: ragged rows, a bad parameter, unknown fields; too many points.
+    for (body, field) in [
+        (r#"{"embeddings": [[1, 2], [3], [4, 5]]}"#, "embeddings"),
+        (
+            r#"{"embeddings": [[1, 2], [3, 4], [4, 5]], "params": {"alpha_ratio": 2}}"#,
+            "alpha_ratio",
+        ),
+        (
+            r#"{"embeddings": [[1, 2], [3, 4], [4, 5]], "params": {"k": 5}}"#,
+            "k",
+        ),
+    ] {
+        let (code, v) = post(&url, body);
+        assert_eq!(code, 422, "{body}: {v}");
+        assert_eq!(v["error"]["field"], field, "{body}: {v}");
+    }
+    let (code, v) = post(&url, r#"{"embeddings": [[1, 2]], "colour": 1}"#);
+    assert_eq!(code, 422, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("colour"),
+        "{v}"
+    );
+    let big: Vec<&str> = vec!["[1]"; 5001];
+    let (code, v) = post(&url, &format!(r#"{{"embeddings": [{}]}}"#, big.join(",")));
+    assert_eq!(code, 413, "{v}");
+    let (code, doc) = curl(&[&format!("{}/openapi.json", cloud.http_url())]);
+    assert_eq!(code, 200);
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    assert!(
+        doc["paths"]["/v1/analysis/intrinsic-dimension"]["post"].is_object(),
+        "{doc}"
+    );
+}

@@ -15,7 +15,7 @@ export PATH := $(VENV)/bin:$(PATH)
 CARGO ?= cargo
 DEMO_OUT ?= $(CURDIR)/demo-out
 
-.PHONY: setup build demo test bench bench-peer bench-llm finetune-compare llm-demo fuzz lint clean-venv
+.PHONY: setup build demo test bench bench-peer bench-llm bench-analysis finetune-compare llm-demo fuzz lint clean-venv
 
 $(VENV)/.ready: scripts/requirements.txt
 	@bash scripts/setup-venv.sh "$(VENV)"
@@ -54,6 +54,11 @@ bench: setup
 	bash scripts/bench.sh "$(CURDIR)/bench-out"
 	bash scripts/bench-peer.sh "$(CURDIR)/bench-out"
 	bash scripts/bench-llm.sh
+	bash scripts/bench-analysis.sh
+
+bench-analysis: setup
+	$(CARGO) build --release --bins
+	bash scripts/bench-analysis.sh
 
 bench-llm: setup
 	$(CARGO) build --release --bins

@@ -45,6 +45,28 @@ pub enum Command {
     Finetune(FinetuneArgs),
     /// Benchmark LLM generation (tokens/s, first token, adapter overheads, Kronecker forward).
     BenchLlm(BenchLlmArgs),
+    /// Benchmark the analysis estimators against scikit-dimension's figures
+    BenchAnalysis(BenchAnalysisArgs),
+}
+
+/// `cloud-expert bench-analysis`.
+#[derive(Debug, Args)]
+pub struct BenchAnalysisArgs {
+    /// Points.
+    #[arg(long, default_value_t = 10_000)]
+    pub n: usize,
+    /// Dimensions.
+    #[arg(long, default_value_t = 768)]
+    pub d: usize,
+    /// scikit-dimension's figures (JSON from scripts/bench_skdim.py).
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// libtorch threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
 }
 
 /// `cloud-expert bench-llm`.

@@ -334,6 +334,23 @@ pub fn run(cli: Cli) -> Result<(), CloudError> {
         Command::Bench(a) => bench::run(&a)?,
         Command::BenchServe(a) => bench_serve::run(&a)?,
         Command::Finetune(a) => finetune_cmd(&a)?,
+        Command::BenchAnalysis(a) => {
+            if a.n < 3 || a.d == 0 {
+                return Err(CloudError::Config(
+                    "--n must be at least 3 and --d positive".into(),
+                ));
+            }
+            let reference = a
+                .reference
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .and_then(|t| serde_json::from_str(&t).ok());
+            let r = analysis::bench::run(a.n, a.d, a.threads.max(1), reference);
+            if let Some(p) = &a.json {
+                std::fs::write(p, r.to_string())
+                    .map_err(|e| CloudError::Config(format!("{}: {e}", p.display())))?;
+            }
+        }
         Command::BenchLlm(a) => {
             use clap::ValueEnum;
             let precisions = a

@@ -41,21 +41,24 @@ pub fn knn(p: &Points, k: usize) -> Result<Knn, AnalysisError> {
     let _g = tch::no_grad_guard();
     let (n, d) = (p.n as i64, p.d as i64);
     let x = Tensor::from_slice(&p.data).view([n, d]);
+    // Row i's ranking of |x_i - x_j|^2 = |x_i|^2 + |x_j|^2 - 2 x_i.x_j needs only the last
+    // two terms: one GEMM with the row of |x_j|^2 as its bias.
     let sq = x
         .square()
-        .sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+        .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+        .unsqueeze(0);
+    let xt = (&x * -2.0).tr().contiguous();
     let block = (BLOCK_BYTES / (4 * p.n)).clamp(1, p.n) as i64;
     let mut idx = Vec::with_capacity(p.n * k);
     let mut start = 0;
     while start < n {
         let c = block.min(n - start);
-        let d2 = sq.narrow(0, start, c).unsqueeze(1) + sq.unsqueeze(0);
-        let d2 = d2 - x.narrow(0, start, c).matmul(&x.tr()) * 2.0;
+        let d2 = sq.addmm(&x.narrow(0, start, c), &xt);
         let _ = d2
             .narrow(1, start, c)
             .diagonal(0, 0, 1)
             .fill_(f64::INFINITY);
-        let (_, ids) = d2.topk(k as i64, 1, false, true);
+        let (_, ids) = d2.topk(k as i64, 1, false, false);
         idx.extend(
             Vec::<i64>::try_from(ids.flatten(0, -1))?
                 .into_iter()
@@ -64,27 +67,44 @@ pub fn knn(p: &Points, k: usize) -> Result<Knn, AnalysisError> {
         start += c;
     }
     let mut dist = vec![0f64; p.n * k];
-    for i in 0..p.n {
-        let row = p.row(i);
-        let nb = &mut idx[i * k..(i + 1) * k];
-        let mut pairs: Vec<(f64, usize)> = nb
-            .iter()
-            .map(|&j| {
-                let s: f64 = row
-                    .iter()
-                    .zip(p.row(j))
-                    .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
-                    .sum();
-                (s.sqrt(), j)
-            })
-            .collect();
-        pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
-        for (t, (dd, j)) in pairs.into_iter().enumerate() {
-            dist[i * k + t] = dd;
-            nb[t] = j;
+    // Exact distances in float64, sorted, on every core.
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let per = p.n.div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        for (t, (dc, ic)) in dist
+            .chunks_mut(per * k)
+            .zip(idx.chunks_mut(per * k))
+            .enumerate()
+        {
+            s.spawn(move || {
+                for (r, (drow, irow)) in dc.chunks_mut(k).zip(ic.chunks_mut(k)).enumerate() {
+                    refine(p, t * per + r, drow, irow);
+                }
+            });
         }
-    }
+    });
     Ok(Knn { k, dist, idx })
+}
+
+/// Exact float64 distances from point `i` to its neighbours `nb`, both sorted nearest first.
+fn refine(p: &Points, i: usize, dist: &mut [f64], nb: &mut [usize]) {
+    let row = p.row(i);
+    let mut pairs: Vec<(f64, usize)> = nb
+        .iter()
+        .map(|&j| {
+            let s: f64 = row
+                .iter()
+                .zip(p.row(j))
+                .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+                .sum();
+            (s.sqrt(), j)
+        })
+        .collect();
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (t, (dd, j)) in pairs.into_iter().enumerate() {
+        dist[t] = dd;
+        nb[t] = j;
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! intrinsic dimension so far. Pure functions over [`Points`], used by the HTTP endpoints
 //! (`serve/analysis.rs`) and by `cloud-expert analyze`.
 
+pub mod bench;
 pub mod id;
 pub mod knn;
 pub mod points;

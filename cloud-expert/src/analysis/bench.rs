@@ -1,0 +1,63 @@
+//! `cloud-expert bench-analysis`: intrinsic-dimension speed on n x d float32 points beside its
+//! physical floor (one float32 GEMM of the same size, timed here) and, when given, the
+//! reference figures of scikit-dimension from `scripts/bench_skdim.py` (same shape).
+
+use super::id::{harmonic_mean, mle_pointwise, twonn};
+use super::knn::knn;
+use super::Points;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// Best-of-3 wall time of `f` in seconds.
+fn best<T>(mut f: impl FnMut() -> T) -> f64 {
+    (0..3)
+        .map(|_| {
+            let t0 = Instant::now();
+            let _ = f();
+            t0.elapsed().as_secs_f64()
+        })
+        .fold(f64::MAX, f64::min)
+}
+
+/// Runs the benchmark and prints its table; the figures as JSON.
+pub fn run(
+    n: usize,
+    d: usize,
+    threads: usize,
+    reference: Option<serde_json::Value>,
+) -> serde_json::Value {
+    tch::set_num_threads(threads as i32);
+    let _g = tch::no_grad_guard();
+    tch::manual_seed(0);
+    let x = Tensor::rand([n as i64, d as i64], (Kind::Float, Device::Cpu));
+    let data = Vec::<f32>::try_from(x.flatten(0, -1)).unwrap_or_default();
+    let p = Points::new(data, n, d, "bench").unwrap_or_else(|e| panic!("{e}"));
+    let gemm = best(|| x.matmul(&x.tr()));
+    let flops = 2.0 * (n * n * d) as f64;
+    let knn2 = best(|| knn(&p, 2));
+    let knn20 = best(|| knn(&p, 20));
+    let nn = knn(&p, 20).unwrap_or_else(|e| panic!("{e}"));
+    let est_twonn = twonn(&nn, 0.1).unwrap_or(f64::NAN);
+    let est_mle = harmonic_mean(&mle_pointwise(&nn, 20));
+    let r = |k: &str| reference.as_ref().and_then(|r| r[k].as_f64());
+    println!(
+        "intrinsic dimension of {n} x {d} float32 points (uniform), {threads} threads, best of 3:"
+    );
+    println!(
+        "floor: one {n} x {n} x {d} float32 GEMM = {gemm:.3} s ({:.0} GFLOP/s)",
+        flops / gemm / 1e9
+    );
+    println!("| estimator | cloud-expert s | x GEMM floor | scikit-dimension s | speed-up |");
+    println!("|---|---|---|---|---|");
+    for (name, ours, key) in [("TwoNN", knn2, "twonn_s"), ("MLE (k = 20)", knn20, "mle_s")] {
+        let reference = r(key).map_or("-".into(), |t| format!("{t:.3}"));
+        let speed = r(key).map_or("-".into(), |t| format!("{:.2}x", t / ours));
+        println!(
+            "| {name} | {ours:.3} | {:.2} | {reference} | {speed} |",
+            ours / gemm
+        );
+    }
+    println!("estimates: TwoNN {est_twonn:.2}, MLE {est_mle:.2}");
+    serde_json::json!({"n": n, "d": d, "gemm_s": gemm, "twonn_s": knn2, "mle_s": knn20,
+        "twonn": est_twonn, "mle": est_mle, "reference": reference})
+}

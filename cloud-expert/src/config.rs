@@ -45,8 +45,44 @@ pub enum Command {
     Finetune(FinetuneArgs),
     /// Benchmark LLM generation (tokens/s, first token, adapter overheads, Kronecker forward).
     BenchLlm(BenchLlmArgs),
+    /// Run an analysis offline on a file of embeddings (.npy, .csv or JSON rows)
+    Analyze(AnalyzeArgs),
     /// Benchmark the analysis estimators against scikit-dimension's figures
     BenchAnalysis(BenchAnalysisArgs),
+}
+
+/// Offline analyses.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum AnalyzeKind {
+    /// TwoNN, MLE and lPCA (as `/v1/analysis/intrinsic-dimension`).
+    IntrinsicDimension,
+}
+
+/// `cloud-expert analyze`.
+#[derive(Debug, Args)]
+pub struct AnalyzeArgs {
+    /// The analysis.
+    #[arg(value_enum)]
+    pub kind: AnalyzeKind,
+    /// Points: a 2-D float32/float64 `.npy`, a `.csv` of numbers (no header), or a JSON array
+    /// of rows.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Neighbours (MLE and per-point neighbourhoods).
+    #[arg(long, default_value_t = 20)]
+    pub k: usize,
+    /// Fraction of the largest TwoNN ratios dropped.
+    #[arg(long, default_value_t = 0.1)]
+    pub discard_fraction: f64,
+    /// Variance fraction for lPCA.
+    #[arg(long, default_value_t = 0.75)]
+    pub alpha_ratio: f64,
+    /// Also per-point estimates.
+    #[arg(long)]
+    pub pointwise: bool,
+    /// Write the report here (default: standard output).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 /// `cloud-expert bench-analysis`.

@@ -334,6 +334,28 @@ pub fn run(cli: Cli) -> Result<(), CloudError> {
         Command::Bench(a) => bench::run(&a)?,
         Command::BenchServe(a) => bench_serve::run(&a)?,
         Command::Finetune(a) => finetune_cmd(&a)?,
+        Command::Analyze(a) => {
+            let points = analysis::Points::read_file(&a.input)
+                .map_err(|e| CloudError::Config(e.to_string()))?;
+            let params = analysis::id::IdParams {
+                k: a.k,
+                discard_fraction: a.discard_fraction,
+                alpha_ratio: a.alpha_ratio,
+                pointwise: a.pointwise,
+            };
+            let report = match a.kind {
+                config::AnalyzeKind::IntrinsicDimension => {
+                    analysis::id::intrinsic_dimension(&points, &params)
+                }
+            }
+            .map_err(|e| CloudError::Config(e.to_string()))?;
+            let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+            match &a.json {
+                Some(p) => std::fs::write(p, text)
+                    .map_err(|e| CloudError::Config(format!("{}: {e}", p.display())))?,
+                None => println!("{text}"),
+            }
+        }
         Command::BenchAnalysis(a) => {
             if a.n < 3 || a.d == 0 {
                 return Err(CloudError::Config(

@@ -1,12 +1,13 @@
 """Cross-checks /v1/analysis/intrinsic-dimension against scikit-dimension 0.5.0 on fixtures with
 known answers (generated here, seeded): a 5-ball in R^20, a swiss roll (2-d) in R^10, a 3-sphere
-in R^16. Points are float32 (what the server computes with), compared in float64.
+in R^16. Points are float32 (what the server computes with), compared in float64; each is
+also uploaded as a float32 .npy file and must give the same answers.
 
 usage: id_crosscheck.py HTTP_URL      prints one line per fixture, then "all checks passed"
 Tolerances: TwoNN and MLE (global and per point) 1e-6 relative; lPCA exactly equal; every
 estimate within 20 % of the true dimension.
 """
-import json, sys, urllib.request
+import io, json, sys, urllib.request
 import numpy as np
 import skdim
 
@@ -60,4 +61,12 @@ for name, x, true in fixtures:
     for k in ("twonn", "mle"):
         assert abs(est[k]["dimension"] - true) < 0.2 * true, (name, k)
     assert len(est["lpca"]["pointwise"]) == len(x)
+    # The same points as a float32 .npy upload, parameters in the query string.
+    buf = io.BytesIO()
+    np.save(buf, x.astype(np.float32))
+    req = urllib.request.Request(url + "?k=20&discard_fraction=0.1", buf.getvalue(),
+                                 {"content-type": "application/octet-stream"})
+    up = json.load(urllib.request.urlopen(req, timeout=300))["estimates"]
+    for k in ("twonn", "mle", "lpca"):
+        assert abs(up[k]["dimension"] - est[k]["dimension"]) < 1e-9, (name, k, up[k])
 print("all checks passed")

@@ -67,18 +67,18 @@ fn intrinsic_dimension_matches_scikit_dimension_and_bad_input_is_refused() {
             )
         })
         .collect();
-    let (code, v) = post(
+    let (code, dup) = post(
         &url,
         &format!(
             r#"{{"embeddings": [{}], "params": {{"k": 5}}}}"#,
             rows.join(",")
         ),
     );
-    assert_eq!(code, 200, "{v}");
+    assert_eq!(code, 200, "{dup}");
     assert_eq!(
-        (v["n_points"].as_u64(), v["n_dropped"].as_u64()),
+        (dup["n_points"].as_u64(), dup["n_dropped"].as_u64()),
         (Some(25), Some(5)),
-        "{v}"
+        "{dup}"
     );
     // Bad input: ragged rows, a bad parameter, unknown fields; too many points.
     for (body, field) in [
@@ -108,6 +108,33 @@ fn intrinsic_dimension_matches_scikit_dimension_and_bad_input_is_refused() {
     let big: Vec<&str> = vec!["[1]"; 5001];
     let (code, v) = post(&url, &format!(r#"{{"embeddings": [{}]}}"#, big.join(",")));
     assert_eq!(code, 413, "{v}");
+    // Offline: the same analysis from a CSV file.
+    let csv = dir.path().join("points.csv");
+    let lines: Vec<String> = (0..30)
+        .map(|i| format!("{}, {}, {}", i % 25, (i % 25) * (i % 25) % 7, (i % 25) % 3))
+        .collect();
+    std::fs::write(&csv, lines.join("\n")).unwrap();
+    let out = std::process::Command::new(bin("cloud-expert"))
+        .args([
+            "analyze",
+            "intrinsic-dimension",
+            "--input",
+            csv.to_str().unwrap(),
+            "--k",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let offline: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        offline["estimates"], dup["estimates"],
+        "offline equals served"
+    );
     let (code, doc) = curl(&[&format!("{}/openapi.json", cloud.http_url())]);
     assert_eq!(code, 200);
     let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();

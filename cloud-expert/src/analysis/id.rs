@@ -7,8 +7,11 @@ use super::{AnalysisError, Points};
 use tch::{Kind, Tensor};
 
 /// Settings.
-#[derive(Debug, Clone, Copy, serde::Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, serde::Deserialize, serde::Serialize, utoipa::ToSchema, utoipa::IntoParams,
+)]
 #[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct IdParams {
     /// Neighbours for MLE and the per-point neighbourhoods.
     pub k: usize,

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod id;
 pub mod knn;
+pub mod npy;
 pub mod points;
 
 pub use points::Points;

@@ -69,6 +69,39 @@ impl Points {
         Self::new(data, rows.len(), d, field)
     }
 
+    /// Points from a file: `.npy`, `.csv` (numbers, no header) or a JSON array of rows.
+    pub fn read_file(path: &std::path::Path) -> Result<Self, AnalysisError> {
+        let field = path.display().to_string();
+        let bytes =
+            std::fs::read(path).map_err(|e| AnalysisError::invalid(&field, e.to_string()))?;
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("npy") => super::npy::points(&bytes),
+            Some("csv") => {
+                let text = String::from_utf8_lossy(&bytes);
+                let rows = text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim().is_empty())
+                    .map(|(i, l)| {
+                        l.split(',')
+                            .map(|v| v.trim().parse::<f64>())
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(|e| {
+                                AnalysisError::invalid(&field, format!("line {}: {e}", i + 1))
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Self::from_rows(&rows, &field)
+            }
+            _ => {
+                let rows: Vec<Vec<f64>> = serde_json::from_slice(&bytes).map_err(|e| {
+                    AnalysisError::invalid(&field, format!("not a JSON array of rows: {e}"))
+                })?;
+                Self::from_rows(&rows, &field)
+            }
+        }
+    }
+
     /// Row `i`.
     pub fn row(&self, i: usize) -> &[f32] {
         &self.data[i * self.d..(i + 1) * self.d]

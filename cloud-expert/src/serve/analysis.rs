@@ -6,9 +6,12 @@
 //! (naming the field), 413 for input past the limits, 503 when busy, 500 if a computation fails.
 
 use crate::analysis::id::{intrinsic_dimension, IdParams, IdReport};
-use crate::analysis::{AnalysisError, Points};
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use crate::analysis::{npy, AnalysisError, Points};
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -132,13 +135,11 @@ pub fn router(limits: AnalysisLimits) -> Router {
         .with_state(state)
 }
 
-/// Checks the size of `rows` against the limits.
-fn check_size(rows: &[Vec<f64>], l: &AnalysisLimits) -> Result<(), AnalysisError> {
-    let values: usize = rows.iter().map(Vec::len).sum();
-    if rows.len() > l.max_points {
+/// Checks a request's size against the limits.
+fn check_size(points: usize, values: usize, l: &AnalysisLimits) -> Result<(), AnalysisError> {
+    if points > l.max_points {
         return Err(AnalysisError::TooLarge(format!(
-            "embeddings: {} points exceed the limit of {}",
-            rows.len(),
+            "embeddings: {points} points exceed the limit of {}",
             l.max_points
         )));
     }
@@ -169,38 +170,64 @@ async fn compute<T: Send + 'static>(
         .map_err(IntoResponse::into_response)
 }
 
-/// Intrinsic dimension: TwoNN, MLE and lPCA.
+/// Intrinsic dimension: TwoNN, MLE and lPCA. JSON (`IdRequest`), or a 2-D float32/float64
+/// `.npy` file as the body (`content-type: application/octet-stream`) with the parameters in
+/// the query string.
 #[utoipa::path(
     post,
     path = "/v1/analysis/intrinsic-dimension",
-    request_body = IdRequest,
+    request_body(content(
+        (IdRequest = "application/json"),
+        (Vec<u8> = "application/octet-stream")
+    )),
+    params(IdParams),
     responses(
         (status = 200, description = "Estimates", body = IdReport),
         (status = 413, description = "Input past the limits", body = ErrorBody),
         (status = 422, description = "Malformed input or parameters", body = ErrorBody),
+        (status = 503, description = "Too many analyses running", body = ErrorBody),
     )
 )]
 async fn intrinsic_dimension_route(
     State(st): State<Arc<AnalysisState>>,
-    body: Result<Json<IdRequest>, axum::extract::rejection::JsonRejection>,
+    headers: HeaderMap,
+    query: Result<Query<IdParams>, QueryRejection>,
+    body: Bytes,
 ) -> Response {
-    let Json(req) = match body {
-        Ok(b) => b,
-        Err(e) => {
-            let status = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                StatusCode::PAYLOAD_TOO_LARGE
-            } else {
-                StatusCode::UNPROCESSABLE_ENTITY
-            };
-            return error(status, e.body_text(), None);
+    let json = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.starts_with("application/json"));
+    let input = if json {
+        let req: IdRequest = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, format!("body: {e}"), None),
+        };
+        if let Err(e) = check_size(
+            req.embeddings.len(),
+            req.embeddings.iter().map(Vec::len).sum(),
+            &st.limits,
+        ) {
+            return e.into_response();
         }
+        Input::Rows(req.embeddings, req.params)
+    } else {
+        let params = match query {
+            Ok(Query(p)) => p,
+            Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e.body_text(), None),
+        };
+        Input::Npy(body, params)
     };
-    if let Err(e) = check_size(&req.embeddings, &st.limits) {
-        return e.into_response();
-    }
-    let params = req.params;
+    let limits = st.limits;
     match compute(&st, move || {
-        let p = Points::from_rows(&req.embeddings, "embeddings")?;
+        let (p, params) = match input {
+            Input::Rows(rows, params) => (Points::from_rows(&rows, "embeddings")?, params),
+            Input::Npy(bytes, params) => {
+                let p = npy::points(&bytes)?;
+                check_size(p.n + p.dropped, (p.n + p.dropped) * p.d, &limits)?;
+                (p, params)
+            }
+        };
         intrinsic_dimension(&p, &params)
     })
     .await
@@ -208,4 +235,10 @@ async fn intrinsic_dimension_route(
         Ok(r) => Json(r).into_response(),
         Err(resp) => resp,
     }
+}
+
+/// A request's points, as sent.
+enum Input {
+    Rows(Vec<Vec<f64>>, IdParams),
+    Npy(Bytes, IdParams),
 }

@@ -56,6 +56,8 @@ pub enum Command {
 pub enum AnalyzeKind {
     /// TwoNN, MLE and lPCA (as `/v1/analysis/intrinsic-dimension`).
     IntrinsicDimension,
+    /// Batch-OMP codes of the input signals over `--dictionary` with `--sparsity` atoms each.
+    SparseCode,
 }
 
 /// `cloud-expert analyze`.
@@ -80,6 +82,12 @@ pub struct AnalyzeArgs {
     /// Also per-point estimates.
     #[arg(long)]
     pub pointwise: bool,
+    /// Sparse codes: the dictionary, one unit-norm atom per row (same formats as --input).
+    #[arg(long)]
+    pub dictionary: Option<PathBuf>,
+    /// Sparse codes: atoms per signal.
+    #[arg(long, default_value_t = 5)]
+    pub sparsity: usize,
     /// Write the report here (default: standard output).
     #[arg(long)]
     pub json: Option<PathBuf>,

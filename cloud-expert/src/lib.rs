@@ -346,6 +346,14 @@ pub fn run(cli: Cli) -> Result<(), CloudError> {
             let report = match a.kind {
                 config::AnalyzeKind::IntrinsicDimension => {
                     analysis::id::intrinsic_dimension(&points, &params)
+                        .map(|r| serde_json::to_value(r).unwrap_or_default())
+                }
+                config::AnalyzeKind::SparseCode => {
+                    let d = a.dictionary.as_ref().ok_or_else(|| {
+                        CloudError::Config("sparse-code needs --dictionary".into())
+                    })?;
+                    analysis::Points::read_file(d)
+                        .and_then(|d| analysis::omp::report(&points, &d, a.sparsity))
                 }
             }
             .map_err(|e| CloudError::Config(e.to_string()))?;

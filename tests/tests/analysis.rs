@@ -143,3 +143,34 @@ fn intrinsic_dimension_matches_scikit_dimension_and_bad_input_is_refused() {
         "{doc}"
     );
 }
+
+#[test]
+fn batch_omp_matches_scikit_learn_orthogonal_mp_gram() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(python())
+        .arg(workspace_root().join("tests/python/omp_crosscheck.py"))
+        .arg(bin("cloud-expert"))
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+    // A dictionary without unit-norm atoms is refused, naming the atom.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "[[1, 1], [0, 1], [1, 0]]").unwrap();
+    let sig = dir.path().join("sig.json");
+    std::fs::write(&sig, "[[1, 0], [0, 1], [1, 1]]").unwrap();
+    let out = std::process::Command::new(bin("cloud-expert"))
+        .args(["analyze", "sparse-code", "--input", sig.to_str().unwrap()])
+        .args(["--dictionary", bad.to_str().unwrap(), "--sparsity", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("atom 0 has norm 1.414214"), "{err}");
+}

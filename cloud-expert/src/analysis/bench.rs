@@ -58,6 +58,22 @@ pub fn run(
         );
     }
     println!("estimates: TwoNN {est_twonn:.2}, MLE {est_mle:.2}");
+    // Batch-OMP: S = 5 of 512 unit-norm atoms in R^64, 10,000 signals, from G and D^T h.
+    let (m, c, signals, s) = (512i64, 64i64, 10_000i64, 5);
+    let dict = Tensor::randn([m, c], (Kind::Double, Device::Cpu));
+    let dict = &dict / dict.norm_scalaropt_dim(2, [1i64].as_slice(), true);
+    let h = Tensor::randn([signals, c], (Kind::Double, Device::Cpu));
+    let gram = Vec::<f64>::try_from(dict.matmul(&dict.tr()).flatten(0, -1)).unwrap_or_default();
+    let xy = Vec::<f64>::try_from(h.matmul(&dict.tr()).flatten(0, -1)).unwrap_or_default();
+    let omp = best(|| super::omp::batch_omp(&gram, m as usize, &xy, s));
+    let omp_ref = r("omp_s");
+    println!(
+        "\nBatch-OMP, S = {s}, {m} atoms of dimension {c}, {signals} signals (from G and D^T h): {omp:.4} s{}",
+        omp_ref.map_or(String::new(), |t| format!(
+            "; scikit-learn orthogonal_mp_gram {t:.3} s ({:.1}x)",
+            t / omp
+        ))
+    );
     serde_json::json!({"n": n, "d": d, "gemm_s": gemm, "twonn_s": knn2, "mle_s": knn20,
-        "twonn": est_twonn, "mle": est_mle, "reference": reference})
+        "twonn": est_twonn, "mle": est_mle, "omp_s": omp, "reference": reference})
 }

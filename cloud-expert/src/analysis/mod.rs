@@ -6,6 +6,7 @@ pub mod bench;
 pub mod id;
 pub mod knn;
 pub mod npy;
+pub mod omp;
 pub mod points;
 
 pub use points::Points;

@@ -238,6 +238,41 @@ pub fn curl(args: &[&str]) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// POSTs a JSON `body` with curl: the status and the parsed reply (Null if not JSON).
+pub fn post_json(url: &str, body: &str) -> (u16, serde_json::Value) {
+    let (code, text) = curl(&[
+        "-X",
+        "POST",
+        url,
+        "-H",
+        "content-type: application/json",
+        "-d",
+        body,
+    ]);
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Runs a Python check script with `args` and asserts it printed "all checks passed";
+/// returns its standard output.
+pub fn python_check(script: &str, args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(python())
+        .arg(workspace_root().join(script))
+        .args(args)
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{script}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("all checks passed"), "{script}: {stdout}");
+    stdout
+}
+
 /// `(VmHWM, VmRSS)` of a process in KiB: peak and current resident memory.
 pub fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -4,7 +4,7 @@
 //! field, input past the limits 413; `/openapi.json` documents the route.
 
 use std::path::Path;
-use system_tests::{bin, curl, python, workspace_root, CloudProcess};
+use system_tests::{bin, curl, post_json, python_check, CloudProcess};
 
 fn start(dir: &Path, extra: &[&str]) -> CloudProcess {
     let out = std::process::Command::new(bin("cloud-expert"))
@@ -23,38 +23,14 @@ fn start(dir: &Path, extra: &[&str]) -> CloudProcess {
     CloudProcess::start(&dir.join("repo"), "127.0.0.1:0", &args)
 }
 
-fn post(url: &str, body: &str) -> (u16, serde_json::Value) {
-    let (code, text) = curl(&[
-        "-X",
-        "POST",
-        url,
-        "-H",
-        "content-type: application/json",
-        "-d",
-        body,
-    ]);
-    (
-        code,
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
-    )
-}
-
 #[test]
 fn intrinsic_dimension_matches_scikit_dimension_and_bad_input_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let cloud = start(dir.path(), &["--analysis-max-points", "5000"]);
-    let out = std::process::Command::new(python())
-        .arg(workspace_root().join("tests/python/id_crosscheck.py"))
-        .arg(cloud.http_url())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    python_check(
+        "tests/python/id_crosscheck.py",
+        &[cloud.http_url().as_ref()],
     );
-    assert!(stdout.contains("all checks passed"), "{stdout}");
     let url = format!("{}/v1/analysis/intrinsic-dimension", cloud.http_url());
     // Duplicates are dropped and reported.
     let rows: Vec<String> = (0..30)
@@ -67,7 +43,7 @@ fn intrinsic_dimension_matches_scikit_dimension_and_bad_input_is_refused() {
             )
         })
         .collect();
-    let (code, dup) = post(
+    let (code, dup) = post_json(
         &url,
         &format!(
             r#"{{"embeddings": [{}], "params": {{"k": 5}}}}"#,
@@ -92,11 +68,11 @@ fn intrinsic_dimension_matches_scikit_dimension_and_bad_input_is_refused() {
             "k",
         ),
     ] {
-        let (code, v) = post(&url, body);
+        let (code, v) = post_json(&url, body);
         assert_eq!(code, 422, "{body}: {v}");
         assert_eq!(v["error"]["field"], field, "{body}: {v}");
     }
-    let (code, v) = post(&url, r#"{"embeddings": [[1, 2]], "colour": 1}"#);
+    let (code, v) = post_json(&url, r#"{"embeddings": [[1, 2]], "colour": 1}"#);
     assert_eq!(code, 422, "{v}");
     assert!(
         v["error"]["message"]
@@ -106,7 +82,7 @@ fn intrinsic_dimension_matches_scikit_dimension_and_bad_input_is_refused() {
         "{v}"
     );
     let big: Vec<&str> = vec!["[1]"; 5001];
-    let (code, v) = post(&url, &format!(r#"{{"embeddings": [{}]}}"#, big.join(",")));
+    let (code, v) = post_json(&url, &format!(r#"{{"embeddings": [{}]}}"#, big.join(",")));
     assert_eq!(code, 413, "{v}");
     // Offline: the same analysis from a CSV file.
     let csv = dir.path().join("points.csv");
@@ -147,19 +123,10 @@ fn intrinsic_dimension_matches_scikit_dimension_and_bad_input_is_refused() {
 #[test]
 fn batch_omp_matches_scikit_learn_orthogonal_mp_gram() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(python())
-        .arg(workspace_root().join("tests/python/omp_crosscheck.py"))
-        .arg(bin("cloud-expert"))
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    python_check(
+        "tests/python/omp_crosscheck.py",
+        &[bin("cloud-expert").as_os_str(), dir.path().as_os_str()],
     );
-    assert!(stdout.contains("all checks passed"), "{stdout}");
     // A dictionary without unit-norm atoms is refused, naming the atom.
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, "[[1, 1], [0, 1], [1, 0]]").unwrap();

@@ -4,7 +4,7 @@
 //! mixed-adapter batches, 429 when full, and cancellation when a streaming client goes away.
 
 use std::path::Path;
-use system_tests::{bin, curl, metric, python, workspace_root, CloudProcess};
+use system_tests::{bin, curl, metric, post_json, python, workspace_root, CloudProcess};
 
 fn fixtures(dir: &Path) {
     let out = std::process::Command::new(bin("cloud-expert"))
@@ -17,22 +17,6 @@ fn fixtures(dir: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
     std::fs::create_dir_all(dir.join("repo")).unwrap();
-}
-
-fn post(url: &str, body: &str) -> (u16, serde_json::Value) {
-    let (code, text) = curl(&[
-        "-X",
-        "POST",
-        url,
-        "-H",
-        "content-type: application/json",
-        "-d",
-        body,
-    ]);
-    (
-        code,
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
-    )
 }
 
 fn start(dir: &Path, model: &str, extra: &[&str]) -> CloudProcess {
@@ -84,7 +68,7 @@ fn adapters_load_unload_and_evict_and_misfits_are_refused() {
     let url = cloud.http_url();
     let ad = |n: &str| dir.path().join("adapters").join(n).display().to_string();
     let gen = |model: &str| {
-        post(
+        post_json(
             &format!("{url}/v1/completions"),
             &serde_json::json!({"model": model, "prompt": "Hello", "max_tokens": 6, "temperature": 0}).to_string(),
         )
@@ -93,7 +77,7 @@ fn adapters_load_unload_and_evict_and_misfits_are_refused() {
     assert_eq!(code, 200, "{base}");
     // Load two adapters with a cap of one: the first is evicted, then reloaded on demand.
     for name in ["lsr", "lora"] {
-        let (code, body) = post(
+        let (code, body) = post_json(
             &format!("{url}/v1/adapters"),
             &serde_json::json!({"name": name, "path": ad(name)}).to_string(),
         );
@@ -121,7 +105,7 @@ fn adapters_load_unload_and_evict_and_misfits_are_refused() {
     assert_eq!(code, 200);
     assert_ne!(via_lora["choices"][0]["text"], base["choices"][0]["text"]);
     // An adapter made for another model is refused with the reason.
-    let (code, body) = post(
+    let (code, body) = post_json(
         &format!("{url}/v1/adapters"),
         &serde_json::json!({"name": "wrong", "path": ad("wrong-base")}).to_string(),
     );
@@ -134,12 +118,12 @@ fn adapters_load_unload_and_evict_and_misfits_are_refused() {
             .contains("hidden_size: 48"),
         "{body}"
     );
-    let (code, body) = post(
+    let (code, body) = post_json(
         &format!("{url}/v1/adapters"),
         &serde_json::json!({"name": "ghost", "path": "/nonexistent/adapter"}).to_string(),
     );
     assert_eq!(code, 404, "{body}");
-    let (code, body) = post(
+    let (code, body) = post_json(
         &format!("{url}/v1/adapters"),
         &serde_json::json!({"name": "tiny", "path": ad("lsr")}).to_string(),
     );
@@ -155,7 +139,7 @@ fn adapters_load_unload_and_evict_and_misfits_are_refused() {
     let (code, _) = curl(&["-X", "DELETE", &format!("{url}/v1/adapters/lsr")]);
     assert_eq!(code, 404);
     // Malformed bodies get OpenAI-shaped 400s naming the problem.
-    let (code, body) = post(
+    let (code, body) = post_json(
         &format!("{url}/v1/chat/completions"),
         r#"{"model": "tiny", "messages": "hi"}"#,
     );
@@ -167,7 +151,7 @@ fn adapters_load_unload_and_evict_and_misfits_are_refused() {
             .contains("invalid"),
         "{body}"
     );
-    let (code, body) = post(
+    let (code, body) = post_json(
         &format!("{url}/v1/chat/completions"),
         r#"{"model": "tiny", "messages": [{"role": "robot", "content": "x"}]}"#,
     );
@@ -210,13 +194,13 @@ fn mixed_adapter_batches_fill_up_answer_429_and_streams_cancel_on_disconnect() {
     };
     let alone: Vec<serde_json::Value> = ["tiny", "lsr", "lora"]
         .iter()
-        .map(|m| post(&format!("{url}/v1/completions"), &body(m)).1)
+        .map(|m| post_json(&format!("{url}/v1/completions"), &body(m)).1)
         .collect();
     // Together: 3 run, 1 waits, the rest are refused with 429 and Retry-After.
     let handles: Vec<_> = (0..8)
         .map(|i| {
             let (url, b) = (url.clone(), body(["tiny", "lsr", "lora"][i % 3]));
-            std::thread::spawn(move || post(&format!("{url}/v1/completions"), &b))
+            std::thread::spawn(move || post_json(&format!("{url}/v1/completions"), &b))
         })
         .collect();
     let results: Vec<(u16, serde_json::Value)> =

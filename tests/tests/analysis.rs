@@ -4,17 +4,12 @@
 //! field, input past the limits 413; `/openapi.json` documents the route.
 
 use std::path::Path;
-use system_tests::{bin, curl, post_json, python_check, CloudProcess};
+use system_tests::{bin, curl, post_json, python_check, run_err, run_ok, CloudProcess};
 
 fn start(dir: &Path, extra: &[&str]) -> CloudProcess {
-    let out = std::process::Command::new(bin("cloud-expert"))
-        .args(["llm-fixture", "--out", dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        "cloud-expert",
+        &["llm-fixture", "--out", dir.to_str().unwrap()],
     );
     std::fs::create_dir_all(dir.join("repo")).unwrap();
     let m = dir.join("tiny.gguf");
@@ -90,23 +85,18 @@ fn intrinsic_dimension_matches_scikit_dimension_and_bad_input_is_refused() {
         .map(|i| format!("{}, {}, {}", i % 25, (i % 25) * (i % 25) % 7, (i % 25) % 3))
         .collect();
     std::fs::write(&csv, lines.join("\n")).unwrap();
-    let out = std::process::Command::new(bin("cloud-expert"))
-        .args([
+    let out = run_ok(
+        "cloud-expert",
+        &[
             "analyze",
             "intrinsic-dimension",
             "--input",
             csv.to_str().unwrap(),
             "--k",
             "5",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let offline: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let offline: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         offline["estimates"], dup["estimates"],
         "offline equals served"
@@ -132,12 +122,18 @@ fn batch_omp_matches_scikit_learn_orthogonal_mp_gram() {
     std::fs::write(&bad, "[[1, 1], [0, 1], [1, 0]]").unwrap();
     let sig = dir.path().join("sig.json");
     std::fs::write(&sig, "[[1, 0], [0, 1], [1, 1]]").unwrap();
-    let out = std::process::Command::new(bin("cloud-expert"))
-        .args(["analyze", "sparse-code", "--input", sig.to_str().unwrap()])
-        .args(["--dictionary", bad.to_str().unwrap(), "--sparsity", "1"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = run_err(
+        "cloud-expert",
+        &[
+            "analyze",
+            "sparse-code",
+            "--input",
+            sig.to_str().unwrap(),
+            "--dictionary",
+            bad.to_str().unwrap(),
+            "--sparsity",
+            "1",
+        ],
+    );
     assert!(err.contains("atom 0 has norm 1.414214"), "{err}");
 }

@@ -43,9 +43,10 @@ lint: setup
 	$(CARGO) clippy -p cloud-expert --lib -- -D warnings
 
 # One feature set for the build and the tests (the otlp feature included, so its test runs),
-# so nothing is compiled twice.
+# so nothing is compiled twice: --all-targets unifies features exactly as `cargo test` does
+# (dev-dependencies included), so the binaries the system tests drive are built once.
 test: setup lint
-	$(CARGO) build --workspace --bins --features cloud-expert/otlp
+	$(CARGO) build --workspace --all-targets --features cloud-expert/otlp
 	$(CARGO) test --workspace --features cloud-expert/otlp
 
 bench: setup

@@ -58,6 +58,9 @@ pub enum AnalyzeKind {
     IntrinsicDimension,
     /// Batch-OMP codes of the input signals over `--dictionary` with `--sparsity` atoms each.
     SparseCode,
+    /// Weight spectra (as `/v1/analysis/spectrum`) of a `.npy` matrix or every weight of a
+    /// `.safetensors` file.
+    Spectrum,
 }
 
 /// `cloud-expert analyze`.
@@ -88,6 +91,18 @@ pub struct AnalyzeArgs {
     /// Sparse codes: atoms per signal.
     #[arg(long, default_value_t = 5)]
     pub sparsity: usize,
+    /// Spectrum: the same layers at initialisation (drift).
+    #[arg(long)]
+    pub initial: Option<PathBuf>,
+    /// Spectrum: also the ESD of the entry-permuted matrix.
+    #[arg(long)]
+    pub randomize: bool,
+    /// Spectrum: include every eigenvalue.
+    #[arg(long)]
+    pub eigenvalues: bool,
+    /// Spectrum: write one SVG plot per layer into this directory.
+    #[arg(long)]
+    pub svg_dir: Option<PathBuf>,
     /// Write the report here (default: standard output).
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -343,6 +358,10 @@ pub struct ServeArgs {
         default_value_t = 2
     )]
     pub analysis_max_concurrent: usize,
+    /// Analysis jobs kept, queued, running or finished (finished ones are forgotten oldest
+    /// first; HTTP 503 when all are unfinished).
+    #[arg(long, env = "CLOUD_EXPERT_ANALYSIS_MAX_JOBS", default_value_t = 64)]
+    pub analysis_max_jobs: usize,
     /// LLM serving (OpenAI-compatible API on the HTTP port).
     #[command(flatten)]
     pub llm: LlmArgs,

@@ -93,9 +93,13 @@ pub fn serve_config(a: &config::ServeArgs) -> Result<serve::ServeConfig, CloudEr
     );
     cfg.max_rows = a.max_rows;
     cfg.max_message_bytes = a.max_message_bytes;
-    if a.analysis_max_points == 0 || a.analysis_max_body_mb == 0 || a.analysis_max_concurrent == 0 {
+    if a.analysis_max_points == 0
+        || a.analysis_max_body_mb == 0
+        || a.analysis_max_concurrent == 0
+        || a.analysis_max_jobs == 0
+    {
         return Err(CloudError::Config(
-            "--analysis-max-points, --analysis-max-body-mb and --analysis-max-concurrent must be positive".into(),
+            "--analysis-max-points, --analysis-max-body-mb, --analysis-max-concurrent and --analysis-max-jobs must be positive".into(),
         ));
     }
     cfg.analysis = serve::analysis::AnalysisLimits {
@@ -103,6 +107,7 @@ pub fn serve_config(a: &config::ServeArgs) -> Result<serve::ServeConfig, CloudEr
         max_values: a.analysis_max_values,
         max_body_bytes: a.analysis_max_body_mb << 20,
         max_concurrent: a.analysis_max_concurrent,
+        max_jobs: a.analysis_max_jobs,
     };
     cfg.grace = grace;
     cfg.keep_versions = a.keep_versions.max(1);
@@ -335,28 +340,7 @@ pub fn run(cli: Cli) -> Result<(), CloudError> {
         Command::BenchServe(a) => bench_serve::run(&a)?,
         Command::Finetune(a) => finetune_cmd(&a)?,
         Command::Analyze(a) => {
-            let points = analysis::Points::read_file(&a.input)
-                .map_err(|e| CloudError::Config(e.to_string()))?;
-            let params = analysis::id::IdParams {
-                k: a.k,
-                discard_fraction: a.discard_fraction,
-                alpha_ratio: a.alpha_ratio,
-                pointwise: a.pointwise,
-            };
-            let report = match a.kind {
-                config::AnalyzeKind::IntrinsicDimension => {
-                    analysis::id::intrinsic_dimension(&points, &params)
-                        .map(|r| serde_json::to_value(r).unwrap_or_default())
-                }
-                config::AnalyzeKind::SparseCode => {
-                    let d = a.dictionary.as_ref().ok_or_else(|| {
-                        CloudError::Config("sparse-code needs --dictionary".into())
-                    })?;
-                    analysis::Points::read_file(d)
-                        .and_then(|d| analysis::omp::report(&points, &d, a.sparsity))
-                }
-            }
-            .map_err(|e| CloudError::Config(e.to_string()))?;
+            let report = analysis::cli::run(&a).map_err(|e| CloudError::Config(e.to_string()))?;
             let text = serde_json::to_string_pretty(&report).unwrap_or_default();
             match &a.json {
                 Some(p) => std::fs::write(p, text)

@@ -1,15 +1,21 @@
 //! Embedding and model analysis (issue 6; definitions in the project's spec, `analysis.md`):
-//! intrinsic dimension so far. Pure functions over [`Points`], used by the HTTP endpoints
+//! intrinsic dimension, sparse codes and weight spectra so far. Pure functions over [`Points`], used by the HTTP endpoints
 //! (`serve/analysis.rs`) and by `cloud-expert analyze`.
 
 pub mod bench;
+pub mod cli;
 pub mod id;
 pub mod knn;
 pub mod npy;
 pub mod omp;
 pub mod points;
+pub mod powerlaw;
+pub mod progress;
+pub mod spectrum;
+mod svg;
 
 pub use points::Points;
+pub use progress::Progress;
 
 /// Why an analysis could not run: each names the input or parameter at fault.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +34,9 @@ pub enum AnalysisError {
     /// A numerical step failed.
     #[error("computation failed: {0}")]
     Compute(String),
+    /// The analysis was cancelled (a job's `DELETE`).
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl AnalysisError {

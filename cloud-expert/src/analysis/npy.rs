@@ -29,6 +29,12 @@ fn field<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 
 /// Points from the bytes of a 2-D `.npy` file.
 pub fn points(bytes: &[u8]) -> Result<Points, AnalysisError> {
+    let (values, n, d) = array2(bytes)?;
+    Points::new(values, n, d, "npy")
+}
+
+/// The values (as float32, row-major) and shape of a 2-D `.npy` file.
+pub fn array2(bytes: &[u8]) -> Result<(Vec<f32>, usize, usize), AnalysisError> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(bad("not a .npy file (magic string missing)"));
     }
@@ -69,7 +75,7 @@ pub fn points(bytes: &[u8]) -> Result<Points, AnalysisError> {
         })
         .collect::<Result<_, _>>()?;
     let [n, d] = dims[..] else {
-        return Err(bad(format!("shape {shape}: points must be a 2-D array")));
+        return Err(bad(format!("shape {shape}: must be a 2-D array")));
     };
     let data = &bytes[start + len..];
     if data.len() != n * d * width {
@@ -87,7 +93,7 @@ pub fn points(bytes: &[u8]) -> Result<Points, AnalysisError> {
             .map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32)
             .collect()
     };
-    Points::new(values, n, d, "npy")
+    Ok((values, n, d))
 }
 
 #[cfg(test)]

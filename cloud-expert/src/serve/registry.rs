@@ -168,6 +168,12 @@ impl Registry {
         })
     }
 
+    /// The directory of a served version (empty `version`: the newest), for reading its files.
+    pub fn version_dir(&self, model: &str, version: &str) -> Result<PathBuf, LookupError> {
+        let entry = self.get(model, version)?;
+        Ok(self.repo.join(&entry.name).join(&entry.version))
+    }
+
     /// Every served model with its versions, ascending (sorted by name).
     pub fn snapshot(&self) -> Vec<(String, Vec<Arc<ModelEntry>>)> {
         let mut out: Vec<_> = self

@@ -4,9 +4,17 @@
 //!
 //! Errors: `{"error": {"message", "field"}}` with 422 for malformed input or parameters
 //! (naming the field), 413 for input past the limits, 503 when busy, 500 if a computation fails.
+//!
+//! Long analyses run as jobs ([`jobs`]): `POST` answers 202 with the job id; the job shares
+//! the `max_concurrent` permits with synchronous requests (it waits for one, they do not).
+
+mod jobs;
+mod spectrum;
 
 use crate::analysis::id::{intrinsic_dimension, IdParams, IdReport};
-use crate::analysis::{npy, AnalysisError, Points};
+use crate::analysis::{npy, AnalysisError, Points, Progress};
+use crate::serve::registry::Registry;
+use axum::extract::Path;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Query, State};
@@ -14,6 +22,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use jobs::{JobState, JobView, Jobs};
 use axum::{Json, Router};
 use std::sync::Arc;
 use utoipa::OpenApi;
@@ -29,23 +38,38 @@ pub struct AnalysisLimits {
     pub max_body_bytes: usize,
     /// Analyses computed at once.
     pub max_concurrent: usize,
+    /// Jobs kept (queued, running and finished); finished ones are forgotten oldest first.
+    pub max_jobs: usize,
 }
 
 impl Default for AnalysisLimits {
-    /// 100,000 points, 20 M values (10,000 x 2,048), 256 MiB bodies, 2 at once.
+    /// 100,000 points, 20 M values (10,000 x 2,048), 256 MiB bodies, 2 at once, 64 jobs.
     fn default() -> Self {
         Self {
             max_points: 100_000,
             max_values: 20_000_000,
             max_body_bytes: 256 << 20,
             max_concurrent: 2,
+            max_jobs: 64,
         }
     }
 }
 
 struct AnalysisState {
     limits: AnalysisLimits,
-    permits: tokio::sync::Semaphore,
+    permits: Arc<tokio::sync::Semaphore>,
+    jobs: Jobs,
+    /// Served expert models (spectra of their layers), if the server has a repository.
+    registry: Option<Arc<Registry>>,
+}
+
+/// `202` body: a queued job.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct JobAccepted {
+    /// Job id.
+    pub job_id: String,
+    /// Where to poll it (`GET`) or cancel it (`DELETE`).
+    pub status_url: String,
 }
 
 /// Request of `/v1/analysis/intrinsic-dimension`.
@@ -57,6 +81,9 @@ pub struct IdRequest {
     /// Estimator settings (all optional).
     #[serde(default)]
     pub params: IdParams,
+    /// Run as a job (202 with its id) instead of answering at once.
+    #[serde(default)]
+    pub job: bool,
 }
 
 /// An error body.
@@ -67,7 +94,7 @@ pub struct ErrorBody {
 }
 
 /// Error details.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Human-readable message.
     pub message: String,
@@ -99,6 +126,7 @@ impl IntoResponse for AnalysisError {
             AnalysisError::Compute(_) => {
                 error(StatusCode::INTERNAL_SERVER_ERROR, self.to_string(), None)
             }
+            AnalysisError::Cancelled => error(StatusCode::CONFLICT, self.to_string(), None),
         }
     }
 }
@@ -109,8 +137,25 @@ impl IntoResponse for AnalysisError {
         title = "cloud-expert analysis API",
         description = "Embedding and model analysis."
     ),
-    paths(intrinsic_dimension_route),
-    components(schemas(IdRequest, IdParams, IdReport, ErrorBody, ErrorDetail))
+    paths(intrinsic_dimension_route, spectrum::spectrum_route, job_route, cancel_job_route),
+    components(schemas(
+        IdRequest,
+        IdParams,
+        IdReport,
+        ErrorBody,
+        ErrorDetail,
+        JobAccepted,
+        JobView,
+        JobState,
+        spectrum::SpectrumRequest,
+        spectrum::SpectrumReport,
+        spectrum::NamedMatrix,
+        spectrum::SpectrumFlags,
+        crate::analysis::spectrum::LayerSpectrum,
+        crate::analysis::spectrum::MpFit,
+        crate::analysis::spectrum::Drift,
+        crate::analysis::powerlaw::PowerLawFit
+    ))
 )]
 struct ApiDoc;
 
@@ -119,16 +164,23 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
-/// The analysis routes and `/openapi.json`.
-pub fn router(limits: AnalysisLimits) -> Router {
+/// The analysis routes and `/openapi.json`; `registry` gives the served experts' weights.
+pub fn router(limits: AnalysisLimits, registry: Option<Arc<Registry>>) -> Router {
     let state = Arc::new(AnalysisState {
         limits,
-        permits: tokio::sync::Semaphore::new(limits.max_concurrent.max(1)),
+        permits: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
+        jobs: Jobs::new(limits.max_jobs),
+        registry,
     });
     Router::new()
         .route(
             "/v1/analysis/intrinsic-dimension",
             post(intrinsic_dimension_route),
+        )
+        .route("/v1/analysis/spectrum", post(spectrum::spectrum_route))
+        .route(
+            "/v1/analysis/jobs/{id}",
+            get(job_route).delete(cancel_job_route),
         )
         .route("/openapi.json", get(|| async { Json(openapi()) }))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
@@ -150,6 +202,85 @@ fn check_size(points: usize, values: usize, l: &AnalysisLimits) -> Result<(), An
         )));
     }
     Ok(())
+}
+
+/// Queues `f` as a job: 202 with its id, or 503 when the job table is full of unfinished jobs.
+fn submit_job(
+    st: &AnalysisState,
+    kind: &str,
+    f: impl FnOnce(&Progress) -> Result<serde_json::Value, AnalysisError> + Send + 'static,
+) -> Response {
+    match st.jobs.submit(kind, st.permits.clone(), f) {
+        Ok(id) => {
+            let url = format!("/v1/analysis/jobs/{id}");
+            (
+                StatusCode::ACCEPTED,
+                [(axum::http::header::LOCATION, url.clone())],
+                Json(JobAccepted {
+                    job_id: id,
+                    status_url: url,
+                }),
+            )
+                .into_response()
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None),
+    }
+}
+
+/// Runs `f` at once (no job) and answers 200 with its JSON.
+async fn compute_sync(
+    st: &AnalysisState,
+    f: impl FnOnce(&Progress) -> Result<serde_json::Value, AnalysisError> + Send + 'static,
+) -> Response {
+    match compute(st, move || f(&Progress::default())).await {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// A job's state, progress and, once done, its result or error.
+#[utoipa::path(
+    get,
+    path = "/v1/analysis/jobs/{id}",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 404, description = "Unknown (or forgotten) job", body = ErrorBody),
+    )
+)]
+async fn job_route(State(st): State<Arc<AnalysisState>>, Path(id): Path<String>) -> Response {
+    match st.jobs.get(&id) {
+        Some(v) => Json(v).into_response(),
+        None => unknown_job(&id),
+    }
+}
+
+/// Cancels a job: a queued job at once, a running one at its next step.
+#[utoipa::path(
+    delete,
+    path = "/v1/analysis/jobs/{id}",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job after the request", body = JobView),
+        (status = 404, description = "Unknown (or forgotten) job", body = ErrorBody),
+    )
+)]
+async fn cancel_job_route(
+    State(st): State<Arc<AnalysisState>>,
+    Path(id): Path<String>,
+) -> Response {
+    match st.jobs.cancel(&id) {
+        Some(v) => Json(v).into_response(),
+        None => unknown_job(&id),
+    }
+}
+
+fn unknown_job(id: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no job {id} (unknown, or forgotten after later jobs finished)"),
+        Some("id".into()),
+    )
 }
 
 /// Runs `f` on the blocking pool under a permit.
@@ -209,6 +340,15 @@ async fn intrinsic_dimension_route(
             &st.limits,
         ) {
             return e.into_response();
+        }
+        if req.job {
+            return submit_job(&st, "intrinsic-dimension", move |progress: &Progress| {
+                progress.plan(1);
+                let p = Points::from_rows(&req.embeddings, "embeddings")?;
+                let r = intrinsic_dimension(&p, &req.params)?;
+                progress.step()?;
+                Ok(serde_json::to_value(r).unwrap_or_default())
+            });
         }
         Input::Rows(req.embeddings, req.params)
     } else {

@@ -74,6 +74,81 @@ pub fn run(
             t / omp
         ))
     );
+    let spectrum = spectrum_bench(reference.as_ref());
     serde_json::json!({"n": n, "d": d, "gemm_s": gemm, "twonn_s": knn2, "mle_s": knn20,
-        "twonn": est_twonn, "mle": est_mle, "omp_s": omp, "reference": reference})
+        "twonn": est_twonn, "mle": est_mle, "omp_s": omp, "spectrum": spectrum, "reference": reference})
+}
+
+/// The spectrum of one 2048 x 2048 layer (WeightWatcher's matrix when the reference names
+/// it): eigenvalues plus the power-law fit, beside the float64 Gram GEMM it starts with and
+/// WeightWatcher's analyze(); the fitted alpha, xmin and KS distance against WeightWatcher's.
+fn spectrum_bench(reference: Option<&serde_json::Value>) -> serde_json::Value {
+    use super::spectrum::{self, Matrix, SpectrumOptions};
+    let r = |k: &str| reference.and_then(|r| r[k].as_f64());
+    let loaded = reference
+        .and_then(|r| r["spectrum_npy"].as_str())
+        .and_then(|p| spectrum::read_matrices(std::path::Path::new(p)).ok())
+        .and_then(|mut v| v.pop());
+    let m = loaded.unwrap_or_else(|| {
+        let w = Tensor::randn([2048, 2048], (Kind::Float, Device::Cpu)) * 0.02;
+        let data = Vec::<f32>::try_from(w.flatten(0, -1)).unwrap_or_default();
+        Matrix {
+            name: "random".into(),
+            rows: 2048,
+            cols: 2048,
+            data,
+        }
+    });
+    let w = Tensor::from_slice(&m.data)
+        .view([m.rows as i64, m.cols as i64])
+        .to_kind(Kind::Double);
+    let gemm = best(|| w.tr().mm(&w));
+    let eig = best(|| spectrum::eigenvalues(&m));
+    let evals = spectrum::eigenvalues(&m).unwrap_or_default();
+    let tail: Vec<f64> = evals
+        .iter()
+        .copied()
+        .filter(|&x| x > spectrum::EVALS_THRESH)
+        .collect();
+    let fit_t = best(|| super::powerlaw::fit(&tail));
+    let full = best(|| spectrum::analyze(&m, None, &SpectrumOptions::default()));
+    let fit = super::powerlaw::fit(&tail);
+    println!(
+        "\nspectrum of one {} x {} layer ({}), best of 3:",
+        m.rows,
+        m.cols,
+        if reference.is_some() {
+            "WeightWatcher's matrix"
+        } else {
+            "random"
+        }
+    );
+    println!("floor: the float64 Gram GEMM W^T W = {gemm:.3} s");
+    println!("| step | cloud-expert s | WeightWatcher s |");
+    println!("|---|---|---|");
+    println!(
+        "| eigenvalues (Gram + eigvalsh) | {eig:.3} | {} (SVD) |",
+        r("ww_svd_s").map_or("-".into(), |t| format!("{t:.3}"))
+    );
+    println!("| power-law fit (xmin by KS) | {fit_t:.4} | - |");
+    let speed = r("ww_s").map_or("-".into(), |t| format!("{:.2}x", t / (eig + fit_t)));
+    println!(
+        "| eigenvalues + fit | {:.3} | {} analyze() | {speed}",
+        eig + fit_t,
+        r("ww_s").map_or("-".into(), |t| format!("{t:.3}"))
+    );
+    println!("| whole report (MP, entropy, ...) | {full:.3} | - |");
+    if let (Some(f), Some(a)) = (fit, r("ww_alpha")) {
+        println!(
+            "alpha {:.9} (WeightWatcher {a:.9}, |diff| {:.1e}); xmin {:.9} (|diff| {:.1e}); KS {:.9} (|diff| {:.1e})",
+            f.alpha,
+            (f.alpha - a).abs(),
+            f.xmin,
+            (f.xmin - r("ww_xmin").unwrap_or(f64::NAN)).abs(),
+            f.ks_distance,
+            (f.ks_distance - r("ww_D").unwrap_or(f64::NAN)).abs()
+        );
+    }
+    serde_json::json!({"gemm_s": gemm, "eigenvalues_s": eig, "fit_s": fit_t, "report_s": full,
+        "alpha": fit.map(|f| f.alpha), "xmin": fit.map(|f| f.xmin), "ks": fit.map(|f| f.ks_distance)})
 }

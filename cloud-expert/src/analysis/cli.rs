@@ -14,14 +14,20 @@ pub fn run(a: &AnalyzeArgs) -> Result<serde_json::Value, AnalysisError> {
                 alpha_ratio: a.alpha_ratio,
                 pointwise: a.pointwise,
             };
-            json(id::intrinsic_dimension(&Points::read_file(&a.input)?, &params))
+            json(id::intrinsic_dimension(
+                &Points::read_file(&a.input)?,
+                &params,
+            ))
         }
         AnalyzeKind::SparseCode => {
-            let d = a
-                .dictionary
-                .as_ref()
-                .ok_or_else(|| AnalysisError::invalid("--dictionary", "sparse-code needs a dictionary"))?;
-            omp::report(&Points::read_file(&a.input)?, &Points::read_file(d)?, a.sparsity)
+            let d = a.dictionary.as_ref().ok_or_else(|| {
+                AnalysisError::invalid("--dictionary", "sparse-code needs a dictionary")
+            })?;
+            omp::report(
+                &Points::read_file(&a.input)?,
+                &Points::read_file(d)?,
+                a.sparsity,
+            )
         }
         AnalyzeKind::Spectrum => {
             let layers = spectrum::read_matrices(&a.input)?;

@@ -137,7 +137,10 @@ mod tests {
         let f = fit(&pareto(2.5, 4000)).unwrap();
         assert!((f.alpha - 2.5).abs() < 0.05, "{f:?}");
         assert!(f.ks_distance < 0.02, "{f:?}");
-        assert_eq!(f.n_tail, 4000 - pareto(2.5, 4000).iter().position(|&x| x == f.xmin).unwrap());
+        assert_eq!(
+            f.n_tail,
+            4000 - pareto(2.5, 4000).iter().position(|&x| x == f.xmin).unwrap()
+        );
     }
 
     #[test]

@@ -47,7 +47,10 @@ impl Progress {
 
     /// (done, total), with `done` capped at `total` when a plan is set.
     pub fn get(&self) -> (usize, usize) {
-        let (d, t) = (self.done.load(Ordering::Relaxed), self.total.load(Ordering::Relaxed));
+        let (d, t) = (
+            self.done.load(Ordering::Relaxed),
+            self.total.load(Ordering::Relaxed),
+        );
         (if t > 0 { d.min(t) } else { d }, t)
     }
 }

@@ -45,18 +45,37 @@ pub struct Matrix {
 
 impl Matrix {
     /// Checks the shape and that every value is finite.
-    pub fn new(name: String, rows: usize, cols: usize, data: Vec<f32>) -> Result<Self, AnalysisError> {
+    pub fn new(
+        name: String,
+        rows: usize,
+        cols: usize,
+        data: Vec<f32>,
+    ) -> Result<Self, AnalysisError> {
         let field = format!("matrices[{name}]");
         if rows < 2 || cols < 2 {
-            return Err(AnalysisError::invalid(&field, format!("is {rows} x {cols}: needs at least 2 x 2")));
+            return Err(AnalysisError::invalid(
+                &field,
+                format!("is {rows} x {cols}: needs at least 2 x 2"),
+            ));
         }
         if data.len() != rows * cols {
-            return Err(AnalysisError::invalid(&field, format!("has {} values for {rows} x {cols}", data.len())));
+            return Err(AnalysisError::invalid(
+                &field,
+                format!("has {} values for {rows} x {cols}", data.len()),
+            ));
         }
         if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-            return Err(AnalysisError::invalid(&field, format!("value {i} is not finite")));
+            return Err(AnalysisError::invalid(
+                &field,
+                format!("value {i} is not finite"),
+            ));
         }
-        Ok(Self { name, rows, cols, data })
+        Ok(Self {
+            name,
+            rows,
+            cols,
+            data,
+        })
     }
 }
 
@@ -172,8 +191,11 @@ pub fn read_matrices(path: &std::path::Path) -> Result<Vec<Matrix>, AnalysisErro
     }
     let field = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| AnalysisError::invalid(&field, e.to_string()))?;
-    let (data, rows, cols) = super::npy::array2(&bytes).map_err(|e| AnalysisError::invalid(&field, e.to_string()))?;
-    let name = path.file_stem().map_or("matrix".into(), |s| s.to_string_lossy().into_owned());
+    let (data, rows, cols) =
+        super::npy::array2(&bytes).map_err(|e| AnalysisError::invalid(&field, e.to_string()))?;
+    let name = path
+        .file_stem()
+        .map_or("matrix".into(), |s| s.to_string_lossy().into_owned());
     Ok(vec![Matrix::new(name, rows, cols, data)?])
 }
 
@@ -199,12 +221,19 @@ pub fn eigenvalues(m: &Matrix) -> Result<Vec<f64>, AnalysisError> {
 }
 
 /// Analyses one layer; `init` is the same layer at initialisation.
-pub fn analyze(m: &Matrix, init: Option<&Matrix>, opts: &SpectrumOptions) -> Result<LayerSpectrum, AnalysisError> {
+pub fn analyze(
+    m: &Matrix,
+    init: Option<&Matrix>,
+    opts: &SpectrumOptions,
+) -> Result<LayerSpectrum, AnalysisError> {
     if let Some(w0) = init {
         if (w0.rows, w0.cols) != (m.rows, m.cols) {
             return Err(AnalysisError::invalid(
                 &format!("initial[{}]", m.name),
-                format!("is {} x {}, the layer is {} x {}", w0.rows, w0.cols, m.rows, m.cols),
+                format!(
+                    "is {} x {}, the layer is {} x {}",
+                    w0.rows, w0.cols, m.rows, m.cols
+                ),
             ));
         }
     }
@@ -212,7 +241,11 @@ pub fn analyze(m: &Matrix, init: Option<&Matrix>, opts: &SpectrumOptions) -> Res
     let (n, mm) = (m.rows.max(m.cols), m.rows.min(m.cols));
     let lambda_max = evals.last().copied().unwrap_or(0.0);
     let sum: f64 = evals.iter().sum();
-    let tail: Vec<f64> = evals.iter().copied().filter(|&x| x > EVALS_THRESH).collect();
+    let tail: Vec<f64> = evals
+        .iter()
+        .copied()
+        .filter(|&x| x > EVALS_THRESH)
+        .collect();
     let power_law = powerlaw::fit(&tail);
     let marchenko_pastur = mp_fit(&evals, n, mm);
     let mut randomized = None;
@@ -226,14 +259,27 @@ pub fn analyze(m: &Matrix, init: Option<&Matrix>, opts: &SpectrumOptions) -> Res
         Some(w0) => Some(drift(m, w0, &evals, power_law.map(|p| p.alpha))?),
         None => None,
     };
-    let svg = opts.svg.then(|| super::svg::esd_plot(&m.name, &evals, &marchenko_pastur, n, mm, power_law.as_ref()));
+    let svg = opts.svg.then(|| {
+        super::svg::esd_plot(
+            &m.name,
+            &evals,
+            &marchenko_pastur,
+            n,
+            mm,
+            power_law.as_ref(),
+        )
+    });
     Ok(LayerSpectrum {
         name: m.name.clone(),
         shape: [m.rows, m.cols],
         num_evals: evals.len(),
         lambda_max,
         spectral_norm: lambda_max.sqrt(),
-        stable_rank: if lambda_max > 0.0 { sum / lambda_max } else { 0.0 },
+        stable_rank: if lambda_max > 0.0 {
+            sum / lambda_max
+        } else {
+            0.0
+        },
         matrix_entropy: matrix_entropy(&evals, n),
         alpha_hat: power_law.map(|p| p.alpha * lambda_max.log10()),
         power_law,
@@ -269,7 +315,12 @@ pub fn mp_fit(evals: &[f64], n: usize, m: usize) -> MpFit {
         lambda_minus: s2 * (sn - sm).powi(2),
         lambda_plus: edge(s2),
         spike_threshold,
-        spikes: evals.iter().rev().copied().take_while(|&x| x > spike_threshold).collect(),
+        spikes: evals
+            .iter()
+            .rev()
+            .copied()
+            .take_while(|&x| x > spike_threshold)
+            .collect(),
     }
 }
 
@@ -294,11 +345,24 @@ fn matrix_entropy(evals: &[f64], n: usize) -> f64 {
 
 /// Histograms of log10 eigenvalues (those > 1e-12) of `a` and `b` on shared bins.
 pub fn log_histograms(a: &[f64], b: &[f64], bins: usize) -> (Vec<f64>, Vec<f64>, f64, f64) {
-    let logs = |v: &[f64]| v.iter().filter(|&&x| x > 1e-12).map(|x| x.log10()).collect::<Vec<_>>();
+    let logs = |v: &[f64]| {
+        v.iter()
+            .filter(|&&x| x > 1e-12)
+            .map(|x| x.log10())
+            .collect::<Vec<_>>()
+    };
     let (la, lb) = (logs(a), logs(b));
     let lo = la.iter().chain(&lb).copied().fold(f64::INFINITY, f64::min);
-    let hi = la.iter().chain(&lb).copied().fold(f64::NEG_INFINITY, f64::max);
-    let width = if hi > lo { (hi - lo) / bins as f64 } else { 1.0 };
+    let hi = la
+        .iter()
+        .chain(&lb)
+        .copied()
+        .fold(f64::NEG_INFINITY, f64::max);
+    let width = if hi > lo {
+        (hi - lo) / bins as f64
+    } else {
+        1.0
+    };
     let hist = |l: &[f64]| {
         let mut h = vec![0f64; bins];
         for &x in l {
@@ -325,17 +389,38 @@ pub fn esd_distance(a: &[f64], b: &[f64]) -> f64 {
     (0.5 * kl(&p, &mid) + 0.5 * kl(&q, &mid)).max(0.0).sqrt()
 }
 
-fn drift(m: &Matrix, w0: &Matrix, evals: &[f64], alpha: Option<f64>) -> Result<Drift, AnalysisError> {
+fn drift(
+    m: &Matrix,
+    w0: &Matrix,
+    evals: &[f64],
+    alpha: Option<f64>,
+) -> Result<Drift, AnalysisError> {
     let diff: Vec<f32> = m.data.iter().zip(&w0.data).map(|(a, b)| a - b).collect();
-    let frob = diff.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-    let frob0 = w0.data.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-    let d_evals = eigenvalues(&Matrix { data: diff, ..m.clone() })?;
+    let frob = diff
+        .iter()
+        .map(|&x| f64::from(x).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let frob0 = w0
+        .data
+        .iter()
+        .map(|&x| f64::from(x).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let d_evals = eigenvalues(&Matrix {
+        data: diff,
+        ..m.clone()
+    })?;
     let e0 = eigenvalues(w0)?;
     let t0: Vec<f64> = e0.iter().copied().filter(|&x| x > EVALS_THRESH).collect();
     let alpha0 = powerlaw::fit(&t0).map(|p| p.alpha);
     Ok(Drift {
         frobenius: frob,
-        relative_frobenius: if frob0 > 0.0 { frob / frob0 } else { f64::INFINITY },
+        relative_frobenius: if frob0 > 0.0 {
+            frob / frob0
+        } else {
+            f64::INFINITY
+        },
         operator: d_evals.last().copied().unwrap_or(0.0).sqrt(),
         esd_distance: esd_distance(evals, &e0),
         alpha_change: alpha.zip(alpha0).map(|(a, b)| a - b),

@@ -11,7 +11,14 @@ const H: f64 = 400.0;
 const PAD: f64 = 50.0;
 
 /// The plot as an SVG document.
-pub fn esd_plot(name: &str, evals: &[f64], mp: &MpFit, n: usize, m: usize, pl: Option<&PowerLawFit>) -> String {
+pub fn esd_plot(
+    name: &str,
+    evals: &[f64],
+    mp: &MpFit,
+    n: usize,
+    m: usize,
+    pl: Option<&PowerLawFit>,
+) -> String {
     let (hist, _, lo, width) = log_histograms(evals, evals, BINS);
     let total = evals.len().max(1) as f64;
     let kept = evals.iter().filter(|&&x| x > 1e-12).count() as f64;
@@ -77,12 +84,21 @@ pub fn esd_plot(name: &str, evals: &[f64], mp: &MpFit, n: usize, m: usize, pl: O
         );
     }
     let poly = |pts: &[(f64, f64)], style: &str| {
-        let p: Vec<String> = pts.iter().map(|(l, v)| format!("{:.1},{:.1}", px(*l), py(*v))).collect();
-        format!(r#"<polyline fill="none" {style} points="{}"/>"#, p.join(" "))
+        let p: Vec<String> = pts
+            .iter()
+            .map(|(l, v)| format!("{:.1},{:.1}", px(*l), py(*v)))
+            .collect();
+        format!(
+            r#"<polyline fill="none" {style} points="{}"/>"#,
+            p.join(" ")
+        )
     };
     s.push_str(&poly(&mp_pts, r##"stroke="#d62728" stroke-width="2""##));
     if let Some(pts) = &pl_pts {
-        s.push_str(&poly(pts, r##"stroke="#2ca02c" stroke-width="2" stroke-dasharray="6 4""##));
+        s.push_str(&poly(
+            pts,
+            r##"stroke="#2ca02c" stroke-width="2" stroke-dasharray="6 4""##,
+        ));
     }
     // Axes with decade ticks.
     let _ = write!(
@@ -108,13 +124,23 @@ pub fn esd_plot(name: &str, evals: &[f64], mp: &MpFit, n: usize, m: usize, pl: O
         H - 12.0
     );
     let legend = match pl {
-        Some(p) => format!("MP bulk (red), power law alpha = {:.3}, xmin = {:.4e} (green)", p.alpha, p.xmin),
+        Some(p) => format!(
+            "MP bulk (red), power law alpha = {:.3}, xmin = {:.4e} (green)",
+            p.alpha, p.xmin
+        ),
         None => "MP bulk (red)".to_string(),
     };
-    let _ = write!(s, r#"<text x="{}" y="40" text-anchor="end">{legend}</text></svg>"#, W - PAD);
+    let _ = write!(
+        s,
+        r#"<text x="{}" y="40" text-anchor="end">{legend}</text></svg>"#,
+        W - PAD
+    );
     s
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }

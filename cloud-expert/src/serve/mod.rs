@@ -243,7 +243,8 @@ pub async fn run(
     }
     let http_task = match http {
         Some(listener) => {
-            let mut app = http::app(state.clone()).merge(analysis::router(cfg.analysis, Some(state.registry.clone())));
+            let mut app = http::app(state.clone())
+                .merge(analysis::router(cfg.analysis, Some(state.registry.clone())));
             if let Some(l) = &llm_state {
                 app = app.merge(openai::router(l.clone()));
             }

@@ -24,8 +24,10 @@ fn matrix(rows: usize, cols: usize, data: Vec<f32>) -> Matrix {
 
 /// `W + theta u v^T` with unit u (rows) and v (cols).
 fn add_rank_one(w: &mut [f32], rows: usize, cols: usize, theta: f64) -> (Vec<f64>, Vec<f64>) {
-    let u: Vec<f64> = (0..rows).map(|i| if i % 2 == 0 { 1.0 } else { -1.0 } / (rows as f64).sqrt()).collect();
-    let v: Vec<f64> = (0..cols).map(|j| ((j % 3) as f64 - 1.0)).collect();
+    let u: Vec<f64> = (0..rows)
+        .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 } / (rows as f64).sqrt())
+        .collect();
+    let v: Vec<f64> = (0..cols).map(|j| (j % 3) as f64 - 1.0).collect();
     let nv = v.iter().map(|x| x * x).sum::<f64>().sqrt();
     let v: Vec<f64> = v.iter().map(|x| x / nv).collect();
     for i in 0..rows {
@@ -42,7 +44,9 @@ fn eigenvalues_are_the_squared_singular_values_for_both_orientations() {
         let m = matrix(r, c, normals(r * c, 7));
         let ev = eigenvalues(&m).unwrap();
         assert_eq!(ev.len(), 25);
-        let w = Tensor::from_slice(&m.data).view([r as i64, c as i64]).to_kind(Kind::Double);
+        let w = Tensor::from_slice(&m.data)
+            .view([r as i64, c as i64])
+            .to_kind(Kind::Double);
         let sv = Vec::<f64>::try_from(w.svd(true, false).1).unwrap();
         let mut sq: Vec<f64> = sv.iter().map(|s| s * s).collect();
         sq.sort_by(f64::total_cmp);
@@ -57,7 +61,12 @@ fn a_gaussian_matrix_fits_the_mp_bulk_and_a_planted_spike_is_found() {
     let (r, c) = (800, 200);
     let mut data = normals(r * c, 3);
     data.iter_mut().for_each(|x| *x *= 0.5);
-    let plain = analyze(&matrix(r, c, data.clone()), None, &SpectrumOptions::default()).unwrap();
+    let plain = analyze(
+        &matrix(r, c, data.clone()),
+        None,
+        &SpectrumOptions::default(),
+    )
+    .unwrap();
     let mp = &plain.marchenko_pastur;
     assert!((mp.sigma2 - 0.25).abs() < 0.01, "{mp:?}");
     assert!((mp.q - 4.0).abs() < 1e-12);
@@ -67,7 +76,12 @@ fn a_gaussian_matrix_fits_the_mp_bulk_and_a_planted_spike_is_found() {
     let theta = 3.0 * 0.5 * ((r * c) as f64).powf(0.25) * 2.0;
     add_rank_one(&mut data, r, c, theta);
     let spiked = analyze(&matrix(r, c, data), None, &SpectrumOptions::default()).unwrap();
-    assert_eq!(spiked.marchenko_pastur.spikes.len(), 1, "{:?}", spiked.marchenko_pastur);
+    assert_eq!(
+        spiked.marchenko_pastur.spikes.len(),
+        1,
+        "{:?}",
+        spiked.marchenko_pastur
+    );
     assert!(spiked.marchenko_pastur.spikes[0] > theta * theta);
     assert!((spiked.spectral_norm - spiked.lambda_max.sqrt()).abs() < 1e-12);
     assert!(spiked.stable_rank < plain.stable_rank);
@@ -79,7 +93,12 @@ fn drift_from_an_initial_checkpoint_measures_the_update() {
     let w0 = normals(r * c, 11);
     let mut w = w0.clone();
     add_rank_one(&mut w, r, c, 5.0);
-    let out = analyze(&matrix(r, c, w), Some(&matrix(r, c, w0.clone())), &SpectrumOptions::default()).unwrap();
+    let out = analyze(
+        &matrix(r, c, w),
+        Some(&matrix(r, c, w0.clone())),
+        &SpectrumOptions::default(),
+    )
+    .unwrap();
     let d = out.drift.unwrap();
     assert!((d.operator - 5.0).abs() < 1e-4, "{d:?}");
     assert!((d.frobenius - 5.0).abs() < 1e-4, "{d:?}");
@@ -87,7 +106,12 @@ fn drift_from_an_initial_checkpoint_measures_the_update() {
     assert!((d.relative_frobenius - 5.0 / f0).abs() < 1e-6);
     assert!(d.esd_distance > 0.0 && d.esd_distance <= 1.0);
     // No change: zero drift.
-    let same = analyze(&matrix(r, c, w0.clone()), Some(&matrix(r, c, w0)), &SpectrumOptions::default()).unwrap();
+    let same = analyze(
+        &matrix(r, c, w0.clone()),
+        Some(&matrix(r, c, w0)),
+        &SpectrumOptions::default(),
+    )
+    .unwrap();
     let d = same.drift.unwrap();
     assert_eq!((d.frobenius, d.operator, d.esd_distance), (0.0, 0.0, 0.0));
     assert_eq!(d.alpha_change, Some(0.0));
@@ -108,11 +132,20 @@ fn randomisation_is_seeded_and_destroys_structure() {
             }
         }
     }
-    let opts = SpectrumOptions { randomize: true, seed: 9, svg: true, eigenvalues: true };
+    let opts = SpectrumOptions {
+        randomize: true,
+        seed: 9,
+        svg: true,
+        eigenvalues: true,
+    };
     let a = analyze(&matrix(r, c, data.clone()), None, &opts).unwrap();
     let b = analyze(&matrix(r, c, data), None, &opts).unwrap();
     assert_eq!(a.randomized_esd_distance, b.randomized_esd_distance);
-    assert!(a.randomized_esd_distance.unwrap() > 0.5, "{:?}", a.randomized_esd_distance);
+    assert!(
+        a.randomized_esd_distance.unwrap() > 0.5,
+        "{:?}",
+        a.randomized_esd_distance
+    );
     assert!(a.randomized_lambda_max.unwrap() < a.lambda_max);
     assert_eq!(a.eigenvalues.as_ref().unwrap().len(), 100);
     let svg = a.svg.unwrap();
@@ -124,8 +157,17 @@ fn matrix_entropy_is_one_for_equal_singular_values_and_lower_for_a_spike() {
     let (n, m) = (50usize, 50usize);
     let mut eye = vec![0f32; n * m];
     (0..n).for_each(|i| eye[i * m + i] = 2.0);
-    let flat = analyze(&matrix(n, m, eye.clone()), None, &SpectrumOptions::default()).unwrap();
-    assert!((flat.matrix_entropy - 1.0).abs() < 1e-6, "{}", flat.matrix_entropy);
+    let flat = analyze(
+        &matrix(n, m, eye.clone()),
+        None,
+        &SpectrumOptions::default(),
+    )
+    .unwrap();
+    assert!(
+        (flat.matrix_entropy - 1.0).abs() < 1e-6,
+        "{}",
+        flat.matrix_entropy
+    );
     assert!((flat.stable_rank - 50.0).abs() < 1e-9);
     eye[0] = 40.0;
     let spiky = analyze(&matrix(n, m, eye), None, &SpectrumOptions::default()).unwrap();
@@ -134,17 +176,25 @@ fn matrix_entropy_is_one_for_equal_singular_values_and_lower_for_a_spike() {
 
 #[test]
 fn bad_matrices_are_refused_with_the_field() {
-    let e = Matrix::new("q".into(), 3, 3, vec![0.0; 8]).unwrap_err().to_string();
+    let e = Matrix::new("q".into(), 3, 3, vec![0.0; 8])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("matrices[q]") && e.contains("8 values"), "{e}");
-    let e = Matrix::new("q".into(), 1, 3, vec![0.0; 3]).unwrap_err().to_string();
+    let e = Matrix::new("q".into(), 1, 3, vec![0.0; 3])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("at least 2 x 2"), "{e}");
     let mut d = vec![0.0; 9];
     d[4] = f32::NAN;
     let e = Matrix::new("q".into(), 3, 3, d).unwrap_err().to_string();
     assert!(e.contains("value 4"), "{e}");
     let init = matrix(3, 4, vec![1.0; 12]);
-    let e = analyze(&matrix(4, 3, vec![1.0; 12]), Some(&init), &SpectrumOptions::default())
-        .unwrap_err()
-        .to_string();
+    let e = analyze(
+        &matrix(4, 3, vec![1.0; 12]),
+        Some(&init),
+        &SpectrumOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("initial[w]"), "{e}");
 }

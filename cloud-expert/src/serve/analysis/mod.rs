@@ -14,16 +14,16 @@ mod spectrum;
 use crate::analysis::id::{intrinsic_dimension, IdParams, IdReport};
 use crate::analysis::{npy, AnalysisError, Points, Progress};
 use crate::serve::registry::Registry;
-use axum::extract::Path;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
+use axum::extract::Path;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use jobs::{JobState, JobView, Jobs};
 use axum::{Json, Router};
+use jobs::{JobState, JobView, Jobs};
 use std::sync::Arc;
 use utoipa::OpenApi;
 
@@ -137,7 +137,12 @@ impl IntoResponse for AnalysisError {
         title = "cloud-expert analysis API",
         description = "Embedding and model analysis."
     ),
-    paths(intrinsic_dimension_route, spectrum::spectrum_route, job_route, cancel_job_route),
+    paths(
+        intrinsic_dimension_route,
+        spectrum::spectrum_route,
+        job_route,
+        cancel_job_route
+    ),
     components(schemas(
         IdRequest,
         IdParams,

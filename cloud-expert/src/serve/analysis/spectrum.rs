@@ -91,7 +91,11 @@ fn matrices(list: Vec<NamedMatrix>, field: &str) -> Result<Vec<Matrix>, Analysis
 }
 
 /// Computes every layer, stepping `progress` per layer.
-fn run(source: Source, opts: &SpectrumOptions, progress: &Progress) -> Result<SpectrumReport, AnalysisError> {
+fn run(
+    source: Source,
+    opts: &SpectrumOptions,
+    progress: &Progress,
+) -> Result<SpectrumReport, AnalysisError> {
     let (layers, initial) = match source {
         Source::Uploaded(m, i) => (m, i),
         Source::Files(path, init) => {
@@ -129,7 +133,10 @@ fn run(source: Source, opts: &SpectrumOptions, progress: &Progress) -> Result<Sp
         (status = 503, description = "Too many analyses running or queued", body = ErrorBody),
     )
 )]
-pub(super) async fn spectrum_route(State(st): State<Arc<AnalysisState>>, body: axum::body::Bytes) -> Response {
+pub(super) async fn spectrum_route(
+    State(st): State<Arc<AnalysisState>>,
+    body: axum::body::Bytes,
+) -> Response {
     let req: SpectrumRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, format!("body: {e}"), None),
@@ -143,33 +150,50 @@ pub(super) async fn spectrum_route(State(st): State<Arc<AnalysisState>>, body: a
     let (source, job) = match &req.model {
         Some(model) => {
             if !req.matrices.is_empty() {
-                return AnalysisError::invalid("matrices", "give either matrices or model, not both").into_response();
+                return AnalysisError::invalid(
+                    "matrices",
+                    "give either matrices or model, not both",
+                )
+                .into_response();
             }
             let Some(registry) = st.registry.as_ref() else {
-                return error(StatusCode::NOT_FOUND, "this server serves no expert models".into(), Some("model".into()));
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "this server serves no expert models".into(),
+                    Some("model".into()),
+                );
             };
-            let dir = |v: &str| {
+            let weights = |v: &str| {
                 registry
                     .version_dir(model, v)
                     .map(|d| d.join(offload_shared::repository::files::EXPERT_WEIGHTS))
-                    .map_err(|e| error(StatusCode::NOT_FOUND, e.to_string(), Some("model".into())))
             };
-            let path = match dir(req.version.as_deref().unwrap_or("")) {
+            let not_found = |e: crate::serve::registry::LookupError| {
+                error(StatusCode::NOT_FOUND, e.to_string(), Some("model".into()))
+            };
+            let path = match weights(req.version.as_deref().unwrap_or("")) {
                 Ok(p) => p,
-                Err(r) => return r,
+                Err(e) => return not_found(e),
             };
-            let init = match req.initial_version.as_deref().map(dir) {
+            let init = match req.initial_version.as_deref().map(weights) {
                 Some(Ok(p)) => Some(p),
-                Some(Err(r)) => return r,
+                Some(Err(e)) => return not_found(e),
                 None => None,
             };
             (Source::Files(path, init), true)
         }
         None => {
             if req.matrices.is_empty() {
-                return AnalysisError::invalid("matrices", "give matrices (or a served model)").into_response();
+                return AnalysisError::invalid("matrices", "give matrices (or a served model)")
+                    .into_response();
             }
-            let values: usize = req.matrices.iter().chain(&req.initial).flat_map(|m| &m.values).map(Vec::len).sum();
+            let values: usize = req
+                .matrices
+                .iter()
+                .chain(&req.initial)
+                .flat_map(|m| &m.values)
+                .map(Vec::len)
+                .sum();
             if values > st.limits.max_values {
                 return AnalysisError::TooLarge(format!(
                     "matrices: {values} values exceed the limit of {}",
@@ -188,7 +212,9 @@ pub(super) async fn spectrum_route(State(st): State<Arc<AnalysisState>>, body: a
             (Source::Uploaded(m, i), req.job)
         }
     };
-    let f = move |p: &Progress| run(source, &opts, p).map(|r| serde_json::to_value(r).unwrap_or_default());
+    let f = move |p: &Progress| {
+        run(source, &opts, p).map(|r| serde_json::to_value(r).unwrap_or_default())
+    };
     if job {
         super::submit_job(&st, "spectrum", f)
     } else {

@@ -1,0 +1,243 @@
+//! Weight spectra end to end: `cloud-expert analyze spectrum` and `/v1/analysis/spectrum`
+//! against WeightWatcher and powerlaw (`tests/python/spectrum_crosscheck.py`); a served
+//! expert's layers as a job with drift from its first version; job progress, cancellation
+//! and the job table; bad input named with its field.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+use system_tests::{bin, curl, digits_repo, python_check, run_ok, train, CloudProcess};
+
+/// POSTs the JSON in `body` (through a file: bodies can exceed argv limits).
+fn post(dir: &Path, url: &str, body: &str) -> (u16, serde_json::Value) {
+    let f = dir.join("body.json");
+    std::fs::write(&f, body).unwrap();
+    let (code, text) = curl(&[
+        "-X",
+        "POST",
+        url,
+        "-H",
+        "content-type: application/json",
+        "--data-binary",
+        &format!("@{}", f.display()),
+    ]);
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn get(url: &str) -> (u16, serde_json::Value) {
+    let (code, text) = curl(&[url]);
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Polls a job until it ends; its final view.
+fn wait_job(base: &str, id: &str) -> serde_json::Value {
+    let t0 = Instant::now();
+    loop {
+        let (code, v) = get(&format!("{base}/v1/analysis/jobs/{id}"));
+        assert_eq!(code, 200, "{v}");
+        if !matches!(v["state"].as_str(), Some("queued" | "running")) {
+            return v;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "job {id} never ended: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A deterministic `rows x cols` matrix as JSON rows.
+fn matrix_json(rows: usize, cols: usize, seed: u64) -> String {
+    let mut s = seed;
+    let rows: Vec<String> = (0..rows)
+        .map(|_| {
+            let r: Vec<String> = (0..cols)
+                .map(|_| {
+                    s = s
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    format!("{:.5}", ((s >> 33) as f64 / (1u64 << 31) as f64) - 0.5)
+                })
+                .collect();
+            format!("[{}]", r.join(","))
+        })
+        .collect();
+    format!("[{}]", rows.join(","))
+}
+
+#[test]
+fn spectra_match_weightwatcher_and_served_experts_are_analysed_as_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (legacy, repo) = digits_repo(dir.path(), "2");
+    train(dir.path(), &legacy, "digits", &["--epochs", "4"]);
+    let cloud = CloudProcess::start(
+        &repo,
+        "127.0.0.1:0",
+        &[
+            "--analysis-max-concurrent",
+            "1",
+            "--analysis-max-values",
+            "5000000",
+        ],
+    );
+    let base = cloud.http_url();
+    let work = dir.path().join("cross");
+    std::fs::create_dir_all(&work).unwrap();
+    let out = python_check(
+        "tests/python/spectrum_crosscheck.py",
+        &[
+            bin("cloud-expert").as_os_str(),
+            work.as_os_str(),
+            base.as_ref(),
+        ],
+    );
+    println!("{out}");
+
+    // A served expert, every layer, with drift from version 1: a job.
+    let url = format!("{base}/v1/analysis/spectrum");
+    let (code, v) = post(
+        dir.path(),
+        &url,
+        r#"{"model": "digits", "initial_version": "1", "options": {"svg": true}}"#,
+    );
+    assert_eq!(code, 202, "{v}");
+    let done = wait_job(&base, v["job_id"].as_str().unwrap());
+    assert_eq!(done["state"], "succeeded", "{}", done["error"]);
+    assert_eq!(done["kind"], "spectrum");
+    let layers = done["result"]["layers"].as_array().unwrap();
+    assert!(layers.len() >= 2);
+    assert_eq!(done["done"].as_u64(), Some(layers.len() as u64));
+    assert_eq!(done["total"].as_u64(), Some(layers.len() as u64));
+    let offline: serde_json::Value = serde_json::from_str(&run_ok(
+        "cloud-expert",
+        &[
+            "analyze",
+            "spectrum",
+            "--input",
+            repo.join("digits/2/expert.safetensors").to_str().unwrap(),
+            "--initial",
+            repo.join("digits/1/expert.safetensors").to_str().unwrap(),
+        ],
+    ))
+    .unwrap();
+    let offline = offline["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), offline.len());
+    for (served, off) in layers.iter().zip(offline) {
+        assert_eq!(served["name"], off["name"]);
+        assert_eq!(served["power_law"]["n_tail"], off["power_law"]["n_tail"]);
+        let (a, b) = (&served["power_law"]["alpha"], &off["power_law"]["alpha"]);
+        assert!(
+            (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-9,
+            "{a} vs {b}"
+        );
+        let (a, b) = (&served["drift"]["frobenius"], &off["drift"]["frobenius"]);
+        assert!(
+            (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-9,
+            "{a} vs {b}"
+        );
+        assert!(a.as_f64().unwrap() > 0.0);
+        assert!(served["svg"].as_str().unwrap().starts_with("<svg"));
+    }
+
+    // Cancellation: one permit; a long job runs (or waits) and a second waits behind it.
+    let big: Vec<String> = (0..4)
+        .map(|i| {
+            format!(
+                r#"{{"name": "m{i}", "values": {}}}"#,
+                matrix_json(1000, 1000, i)
+            )
+        })
+        .collect();
+    let body = format!(
+        r#"{{"matrices": [{}], "options": {{"randomize": true}}, "job": true}}"#,
+        big.join(",")
+    );
+    let (code, a) = post(dir.path(), &url, &body);
+    assert_eq!(code, 202, "{a}");
+    let (code, b) = post(dir.path(), &url, &body);
+    assert_eq!(code, 202, "{b}");
+    let (a, b) = (a["job_id"].as_str().unwrap(), b["job_id"].as_str().unwrap());
+    let (code, bv) = curl(&["-X", "DELETE", &format!("{base}/v1/analysis/jobs/{b}")]);
+    assert_eq!(code, 200, "{bv}");
+    let (code, _) = curl(&["-X", "DELETE", &format!("{base}/v1/analysis/jobs/{a}")]);
+    assert_eq!(code, 200);
+    for id in [a, b] {
+        let v = wait_job(&base, id);
+        assert_eq!(v["state"], "cancelled", "{v}");
+        assert!(v["done"].as_u64().unwrap() < 4, "{v}");
+        assert!(v.get("result").is_none(), "{v}");
+    }
+    // The permit is free again: a small synchronous request answers.
+    let (code, v) = post(
+        dir.path(),
+        &url,
+        &format!(
+            r#"{{"matrices": [{{"name": "s", "values": {}}}]}}"#,
+            matrix_json(40, 30, 9)
+        ),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["layers"][0]["num_evals"], 30);
+    assert_eq!(v["layers"][0]["shape"], serde_json::json!([40, 30]));
+
+    // Bad input, each naming its field or cause.
+    for (body, code_want, field) in [
+        (
+            r#"{"matrices": [{"name": "r", "values": [[1, 2], [3]]}]}"#,
+            422,
+            Some("matrices[0].values"),
+        ),
+        (
+            r#"{"matrices": [{"name": "t", "values": [[1, 2, 3]]}]}"#,
+            422,
+            Some("matrices[t]"),
+        ),
+        (r#"{"matrices": []}"#, 422, Some("matrices")),
+        (r#"{"model": "nope"}"#, 404, Some("model")),
+        (r#"{"model": "digits", "version": "9"}"#, 404, Some("model")),
+        (
+            r#"{"model": "digits", "matrices": [{"name": "a", "values": [[1, 2], [3, 4]]}]}"#,
+            422,
+            Some("matrices"),
+        ),
+        (
+            r#"{"matrices": [{"name": "a", "values": [[1, 2], [3, 4]]}], "options": {"colour": 1}}"#,
+            422,
+            None,
+        ),
+    ] {
+        let (code, v) = post(dir.path(), &url, body);
+        assert_eq!(code, code_want, "{body}: {v}");
+        assert_eq!(v["error"]["field"].as_str(), field, "{body}: {v}");
+    }
+    let (code, v) = post(
+        dir.path(),
+        &url,
+        &format!(
+            r#"{{"matrices": [{{"name": "huge", "values": {}}}]}}"#,
+            matrix_json(2300, 2200, 1)
+        ),
+    );
+    assert_eq!(code, 413, "{v}");
+    let (code, v) = get(&format!("{base}/v1/analysis/jobs/job-404-0"));
+    assert_eq!(
+        (code, v["error"]["field"].as_str()),
+        (404, Some("id")),
+        "{v}"
+    );
+    let (code, doc) = get(&format!("{base}/openapi.json"));
+    assert_eq!(code, 200);
+    assert!(
+        doc["paths"]["/v1/analysis/spectrum"]["post"].is_object(),
+        "{doc}"
+    );
+    assert!(
+        doc["paths"]["/v1/analysis/jobs/{id}"]["delete"].is_object(),
+        "{doc}"
+    );
+}

@@ -255,6 +255,24 @@ pub fn post_json(url: &str, body: &str) -> (u16, serde_json::Value) {
     )
 }
 
+/// Polls an analysis job (`GET {base}/v1/analysis/jobs/{id}`) until it ends; its final view.
+pub fn wait_job(base: &str, id: &str) -> serde_json::Value {
+    let t0 = std::time::Instant::now();
+    loop {
+        let (code, text) = curl(&[&format!("{base}/v1/analysis/jobs/{id}")]);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        assert_eq!(code, 200, "{v}");
+        if !matches!(v["state"].as_str(), Some("queued" | "running")) {
+            return v;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(300),
+            "job {id} never ended: {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Runs a Python check script with `args` and asserts it printed "all checks passed";
 /// returns its standard output.
 pub fn python_check(script: &str, args: &[&std::ffi::OsStr]) -> String {

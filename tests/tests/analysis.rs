@@ -4,7 +4,7 @@
 //! field, input past the limits 413; `/openapi.json` documents the route.
 
 use std::path::Path;
-use system_tests::{bin, curl, post_json, python_check, run_err, run_ok, CloudProcess};
+use system_tests::{bin, curl, post_json, python_check, run_err, run_ok, wait_job, CloudProcess};
 
 fn start(dir: &Path, extra: &[&str]) -> CloudProcess {
     run_ok(
@@ -136,4 +136,132 @@ fn batch_omp_matches_scikit_learn_orthogonal_mp_gram() {
         ],
     );
     assert!(err.contains("atom 0 has norm 1.414214"), "{err}");
+}
+
+/// Signals in R^8 that are exact 2-sparse combinations of the planted atoms `atoms` (unit
+/// norm, rows), as JSON rows; deterministic.
+fn sparse_signals(atoms: &[[f64; 8]], n: usize) -> String {
+    let rows: Vec<String> = (0..n)
+        .map(|i| {
+            let (a, b) = (i % atoms.len(), (i * 7 + 3) % atoms.len());
+            let b = if a == b { (b + 1) % atoms.len() } else { b };
+            let (ga, gb) = (1.0 + (i % 5) as f64 * 0.3, -0.5 - (i % 3) as f64 * 0.4);
+            let v: Vec<String> = (0..8)
+                .map(|t| format!("{:.9}", ga * atoms[a][t] + gb * atoms[b][t]))
+                .collect();
+            format!("[{}]", v.join(","))
+        })
+        .collect();
+    format!("[{}]", rows.join(","))
+}
+
+#[test]
+fn sparse_codes_over_http_with_a_given_or_a_learned_dictionary() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = start(dir.path(), &[]);
+    let base = cloud.http_url();
+    let url = format!("{base}/v1/analysis/sparse-code");
+    // The standard basis of R^8 plus two mixed unit atoms.
+    let mut atoms: Vec<[f64; 8]> = (0..8)
+        .map(|k| {
+            let mut a = [0.0; 8];
+            a[k] = 1.0;
+            a
+        })
+        .collect();
+    atoms.push([0.5, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0]);
+    atoms.push([0.0, 0.0, 0.0, 0.0, 0.5, -0.5, 0.5, -0.5]);
+    let dict: Vec<String> = atoms
+        .iter()
+        .map(|a| {
+            format!(
+                "[{}]",
+                a.iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        })
+        .collect();
+    let dict = format!("[{}]", dict.join(","));
+    let signals = sparse_signals(&atoms[..8], 40);
+    let (code, v) = post_json(
+        &url,
+        &format!(r#"{{"signals": {signals}, "dictionary": {dict}, "sparsity": 2}}"#),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert!(v["mse"].as_f64().unwrap() < 1e-12, "{v}");
+    assert_eq!(v["codes"].as_array().unwrap().len(), 40);
+    assert_eq!(v["atom_usage"].as_array().unwrap().len(), 10);
+    assert_eq!(v["dead_atoms"], 2, "the mixed atoms are never needed: {v}");
+
+    // Learned: K-SVD from scratch recovers a code as good as the planted one (a job).
+    let planted: Vec<[f64; 8]> = (0..6)
+        .map(|k| {
+            let mut a = [0.0; 8];
+            for (t, x) in a.iter_mut().enumerate() {
+                *x = (((k * 8 + t) * 37 % 17) as f64 - 8.0) / 8.0;
+            }
+            let n = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+            a.iter_mut().for_each(|x| *x /= n);
+            a
+        })
+        .collect();
+    let signals = sparse_signals(&planted, 300);
+    for method in ["ksvd", "mod", "online"] {
+        let (code, v) = post_json(
+            &url,
+            &format!(
+                r#"{{"signals": {signals}, "sparsity": 2, "return_dictionary": true,
+                    "learn": {{"method": "{method}", "atoms": 6, "iterations": 30, "seed": 3, "batch_size": 50}}}}"#
+            ),
+        );
+        assert_eq!(code, 202, "{v}");
+        let job = wait_job(&base, v["job_id"].as_str().unwrap());
+        assert_eq!(job["state"], "succeeded", "{job}");
+        assert_eq!(
+            (job["done"].as_u64(), job["total"].as_u64()),
+            (Some(30), Some(30))
+        );
+        let r = &job["result"];
+        let hist = r["dictionary_learning"]["mse_history"].as_array().unwrap();
+        let (first, last) = (
+            hist[0].as_f64().unwrap(),
+            hist.last().unwrap().as_f64().unwrap(),
+        );
+        assert!(last < first / 10.0, "{method}: {first} -> {last}");
+        assert!((r["mse"].as_f64().unwrap() - last).abs() < 1e-12);
+        let d = r["dictionary"].as_array().unwrap();
+        assert_eq!(d.len(), 6);
+        for atom in d {
+            let n: f64 = atom
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap().powi(2))
+                .sum();
+            assert!((n - 1.0).abs() < 1e-9);
+        }
+    }
+
+    // Bad input, naming the field.
+    for (body, field) in [
+        (format!(r#"{{"signals": [[1, 0], [0, 1], [1, 1]], "dictionary": {dict}}}"#), "dictionary"),
+        (r#"{"signals": [[1, 0], [0, 1], [1, 1]], "sparsity": 9, "learn": {"atoms": 4}}"#.to_string(), "sparsity"),
+        (r#"{"signals": [[1, 0], [0, 1], [1]], "dictionary": [[1, 0], [0, 1]]}"#.to_string(), "signals"),
+        (r#"{"signals": [[1, 0], [0, 1], [1, 1]], "dictionary": [[1, 1], [0, 1]], "sparsity": 1}"#.to_string(), "dictionary"),
+    ] {
+        let (code, v) = post_json(&url, &body);
+        assert_eq!(code, 422, "{body}: {v}");
+        assert_eq!(v["error"]["field"], field, "{body}: {v}");
+    }
+    let (code, v) = post_json(
+        &url,
+        r#"{"signals": [[1, 0], [0, 1], [1, 1]], "learn": {"method": "pca"}}"#,
+    );
+    assert_eq!(code, 422, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("pca"),
+        "{v}"
+    );
 }

@@ -4,8 +4,7 @@
 //! and the job table; bad input named with its field.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
-use system_tests::{bin, curl, digits_repo, python_check, run_ok, train, CloudProcess};
+use system_tests::{bin, curl, digits_repo, python_check, run_ok, train, wait_job, CloudProcess};
 
 /// POSTs the JSON in `body` (through a file: bodies can exceed argv limits).
 fn post(dir: &Path, url: &str, body: &str) -> (u16, serde_json::Value) {
@@ -32,23 +31,6 @@ fn get(url: &str) -> (u16, serde_json::Value) {
         code,
         serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
     )
-}
-
-/// Polls a job until it ends; its final view.
-fn wait_job(base: &str, id: &str) -> serde_json::Value {
-    let t0 = Instant::now();
-    loop {
-        let (code, v) = get(&format!("{base}/v1/analysis/jobs/{id}"));
-        assert_eq!(code, 200, "{v}");
-        if !matches!(v["state"].as_str(), Some("queued" | "running")) {
-            return v;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(300),
-            "job {id} never ended: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A deterministic `rows x cols` matrix as JSON rows.

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod dictlearn;
 pub mod id;
 pub mod knn;
 pub mod npy;

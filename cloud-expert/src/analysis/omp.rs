@@ -152,29 +152,66 @@ pub fn report(
         }
     }
     let dd: Vec<f64> = dict.data.iter().map(|&v| v as f64).collect();
+    let h: Vec<f64> = signals.data.iter().map(|&v| v as f64).collect();
+    report_with(&dd, m, c, &h, signals.dropped, s)
+}
+
+/// [`report`] over a validated dictionary `dd` (m x c) and signals `h` (rows of c).
+pub fn report_with(
+    dd: &[f64],
+    m: usize,
+    c: usize,
+    h: &[f64],
+    dropped: usize,
+    s: usize,
+) -> Result<serde_json::Value, AnalysisError> {
+    let n = h.len() / c;
+    let codes = encode(dd, m, c, h, s)?;
+    let se = squared_error(dd, c, h, &codes);
+    let (p, perplexity, dead) = usage(&codes, m);
+    Ok(serde_json::json!({
+        "codes": codes.atoms.iter().map(|c| c.iter().map(|&(k, g)| serde_json::json!([k, g])).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        "mse": se / (n * c) as f64,
+        "atom_usage": p,
+        "usage_perplexity": perplexity,
+        "dead_atoms": dead,
+        "n_signals": n,
+        "n_dropped": dropped,
+    }))
+}
+
+/// Codes of the signals `h` (rows of length `c`) over the dictionary `dd` (M = `m` unit-norm
+/// rows of length `c`), from `G = D D^T` and `D h`; signals are split over threads.
+pub fn encode(dd: &[f64], m: usize, c: usize, h: &[f64], s: usize) -> Result<Codes, AnalysisError> {
     let gram: Vec<f64> = (0..m * m)
-        .map(|ij| {
-            let (a, b) = (&dd[ij / m * c..][..c], &dd[ij % m * c..][..c]);
-            a.iter().zip(b).map(|(x, y)| x * y).sum()
-        })
+        .map(|ij| dot(&dd[ij / m * c..][..c], &dd[ij % m * c..][..c]))
         .collect();
-    let xy: Vec<f64> = (0..signals.n)
-        .flat_map(|i| {
-            let h = signals.row(i);
-            let dd = &dd;
-            (0..m).map(move |k| {
-                dd[k * c..(k + 1) * c]
-                    .iter()
-                    .zip(h)
-                    .map(|(a, &b)| a * b as f64)
-                    .sum::<f64>()
-            })
-        })
-        .collect();
-    let codes = batch_omp(&gram, m, &xy, s)?;
+    let n = h.len() / c.max(1);
+    let mut xy = vec![0f64; n * m];
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |t| t.get())
+        .min(n.max(1));
+    let per = n.div_ceil(threads).max(1);
+    std::thread::scope(|sc| {
+        for (t, out) in xy.chunks_mut(per * m).enumerate() {
+            sc.spawn(move || {
+                for (r, row) in out.chunks_mut(m).enumerate() {
+                    let hi = &h[(t * per + r) * c..][..c];
+                    for (k, v) in row.iter_mut().enumerate() {
+                        *v = dot(&dd[k * c..(k + 1) * c], hi);
+                    }
+                }
+            });
+        }
+    });
+    batch_omp(&gram, m, &xy, s)
+}
+
+/// `sum_i ||h_i - D^T gamma_i||^2`.
+pub fn squared_error(dd: &[f64], c: usize, h: &[f64], codes: &Codes) -> f64 {
     let mut se = 0.0;
     for (i, code) in codes.atoms.iter().enumerate() {
-        let mut r: Vec<f64> = signals.row(i).iter().map(|&v| v as f64).collect();
+        let mut r = h[i * c..(i + 1) * c].to_vec();
         for &(k, g) in code {
             r.iter_mut()
                 .zip(&dd[k * c..(k + 1) * c])
@@ -182,16 +219,11 @@ pub fn report(
         }
         se += r.iter().map(|v| v * v).sum::<f64>();
     }
-    let (p, perplexity, dead) = usage(&codes, m);
-    Ok(serde_json::json!({
-        "codes": codes.atoms.iter().map(|c| c.iter().map(|&(k, g)| serde_json::json!([k, g])).collect::<Vec<_>>()).collect::<Vec<_>>(),
-        "mse": se / (signals.n * c) as f64,
-        "atom_usage": p,
-        "usage_perplexity": perplexity,
-        "dead_atoms": dead,
-        "n_signals": signals.n,
-        "n_dropped": signals.dropped,
-    }))
+    se
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! the `max_concurrent` permits with synchronous requests (it waits for one, they do not).
 
 mod jobs;
+mod sparse;
 mod spectrum;
 
 use crate::analysis::id::{intrinsic_dimension, IdParams, IdReport};
@@ -153,6 +154,9 @@ impl IntoResponse for AnalysisError {
         JobView,
         JobState,
         spectrum::SpectrumRequest,
+        sparse::SparseCodeRequest,
+        crate::analysis::dictlearn::LearnParams,
+        crate::analysis::dictlearn::Method,
         spectrum::SpectrumReport,
         spectrum::NamedMatrix,
         spectrum::SpectrumFlags,
@@ -183,6 +187,7 @@ pub fn router(limits: AnalysisLimits, registry: Option<Arc<Registry>>) -> Router
             post(intrinsic_dimension_route),
         )
         .route("/v1/analysis/spectrum", post(spectrum::spectrum_route))
+        .route("/v1/analysis/sparse-code", post(sparse::sparse_code_route))
         .route(
             "/v1/analysis/jobs/{id}",
             get(job_route).delete(cancel_job_route),

@@ -265,3 +265,25 @@ fn sparse_codes_over_http_with_a_given_or_a_learned_dictionary() {
         "{v}"
     );
 }
+
+#[test]
+fn stratification_matches_scikit_learn_scores_and_scikit_dimension() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = start(dir.path(), &[]);
+    let out = python_check(
+        "tests/python/stratify_crosscheck.py",
+        &[cloud.http_url().as_ref()],
+    );
+    println!("{out}");
+    let url = format!("{}/v1/analysis/stratify", cloud.http_url());
+    let (code, v) = post_json(&url, r#"{"embeddings": [[1, 2], [3, 4]]}"#);
+    assert_eq!(code, 202, "{v}");
+    let job = wait_job(&cloud.http_url(), v["job_id"].as_str().unwrap());
+    assert_eq!(job["state"], "failed");
+    assert_eq!(job["error"]["field"], "embeddings", "{job}");
+    let (code, v) = post_json(
+        &url,
+        r#"{"embeddings": [[1, 2]], "params": {"experts": "many"}}"#,
+    );
+    assert_eq!(code, 422, "{v}");
+}

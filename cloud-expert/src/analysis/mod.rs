@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod cluster;
 pub mod dictlearn;
 pub mod id;
 pub mod knn;
@@ -13,6 +14,7 @@ pub mod points;
 pub mod powerlaw;
 pub mod progress;
 pub mod spectrum;
+pub mod stratify;
 mod svg;
 
 pub use points::Points;

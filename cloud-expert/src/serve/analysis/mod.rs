@@ -11,6 +11,7 @@
 mod jobs;
 mod sparse;
 mod spectrum;
+mod stratify;
 
 use crate::analysis::id::{intrinsic_dimension, IdParams, IdReport};
 use crate::analysis::{npy, AnalysisError, Points, Progress};
@@ -155,6 +156,10 @@ impl IntoResponse for AnalysisError {
         JobState,
         spectrum::SpectrumRequest,
         sparse::SparseCodeRequest,
+        stratify::StratifyRequest,
+        crate::analysis::stratify::StratifyParams,
+        crate::analysis::stratify::StratifyReport,
+        crate::analysis::stratify::Stratum,
         crate::analysis::dictlearn::LearnParams,
         crate::analysis::dictlearn::Method,
         spectrum::SpectrumReport,
@@ -188,6 +193,7 @@ pub fn router(limits: AnalysisLimits, registry: Option<Arc<Registry>>) -> Router
         )
         .route("/v1/analysis/spectrum", post(spectrum::spectrum_route))
         .route("/v1/analysis/sparse-code", post(sparse::sparse_code_route))
+        .route("/v1/analysis/stratify", post(stratify::stratify_route))
         .route(
             "/v1/analysis/jobs/{id}",
             get(job_route).delete(cancel_job_route),

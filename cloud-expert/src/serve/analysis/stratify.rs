@@ -1,0 +1,58 @@
+//! `POST /v1/analysis/stratify`: the mixture of top-k LISTA dictionary-learning experts with
+//! an attention gate, KMeans strata and their scores (always a job: 202).
+
+use super::{AnalysisState, ErrorBody};
+use crate::analysis::stratify::{stratify, StratifyParams};
+use crate::analysis::Progress;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+
+/// Request of `/v1/analysis/stratify`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StratifyRequest {
+    /// Embeddings as rows of equal length (at least 10).
+    pub embeddings: Vec<Vec<f64>>,
+    /// Optional integer labels, one per row: only used to report purities.
+    pub labels: Option<Vec<i64>>,
+    /// Settings (all optional).
+    #[serde(default)]
+    pub params: StratifyParams,
+}
+
+/// Stratification: gates, hard assignments, gating entropies, expert usage, key cosines,
+/// subspace and centroid distances, KMeans strata with their lPCA dimension, silhouette,
+/// Davies-Bouldin and Calinski-Harabasz scores. Deterministic given `params.seed`. The job's
+/// result is a `StratifyReport`.
+#[utoipa::path(
+    post,
+    path = "/v1/analysis/stratify",
+    request_body = StratifyRequest,
+    responses(
+        (status = 202, description = "Queued as a job", body = super::JobAccepted),
+        (status = 413, description = "Input past the limits", body = ErrorBody),
+        (status = 422, description = "Malformed input", body = ErrorBody),
+        (status = 503, description = "Too many jobs unfinished", body = ErrorBody),
+    )
+)]
+pub(super) async fn stratify_route(
+    State(st): State<Arc<AnalysisState>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let req: StratifyRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return super::error(StatusCode::UNPROCESSABLE_ENTITY, format!("body: {e}"), None)
+        }
+    };
+    let values = req.embeddings.iter().map(Vec::len).sum();
+    if let Err(e) = super::check_size(req.embeddings.len(), values, &st.limits) {
+        return e.into_response();
+    }
+    super::submit_job(&st, "stratify", move |p: &Progress| {
+        stratify(&req.embeddings, req.labels.as_deref(), &req.params, p)
+            .map(|r| serde_json::to_value(r).unwrap_or_default())
+    })
+}

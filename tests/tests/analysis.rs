@@ -287,3 +287,77 @@ fn stratification_matches_scikit_learn_scores_and_scikit_dimension() {
     );
     assert_eq!(code, 422, "{v}");
 }
+
+#[test]
+fn texts_are_embedded_by_the_served_llm_like_transformers_and_analysed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = start(dir.path(), &[]);
+    let base = cloud.http_url();
+    let out = python_check(
+        "tests/python/embed_crosscheck.py",
+        &[
+            base.as_ref(),
+            dir.path().as_os_str(),
+            "tiny.gguf".as_ref(),
+            "2".as_ref(),
+        ],
+    );
+    println!("{out}");
+    // Intrinsic dimension of texts: a job whose answer equals the one for their embeddings.
+    let texts: Vec<String> = (0..40)
+        .map(|i| {
+            format!(
+                "\"item {i} costs {} coins and weighs {} grams\"",
+                i * 7 % 13,
+                i * i % 17
+            )
+        })
+        .collect();
+    let texts = texts.join(",");
+    let (code, emb) = post_json(
+        &format!("{base}/v1/analysis/embed"),
+        &format!(r#"{{"texts": [{texts}], "embedding": {{"layer": 1}}}}"#),
+    );
+    assert_eq!(code, 200, "{emb}");
+    let (code, v) = post_json(
+        &format!("{base}/v1/analysis/intrinsic-dimension"),
+        &format!(r#"{{"texts": [{texts}], "embedding": {{"layer": 1}}, "params": {{"k": 5}}}}"#),
+    );
+    assert_eq!(code, 202, "{v}");
+    let job = wait_job(&base, v["job_id"].as_str().unwrap());
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let (code, direct) = post_json(
+        &format!("{base}/v1/analysis/intrinsic-dimension"),
+        &format!(
+            r#"{{"embeddings": {}, "params": {{"k": 5}}}}"#,
+            emb["embeddings"]
+        ),
+    );
+    assert_eq!(code, 200, "{direct}");
+    assert_eq!(job["result"]["estimates"], direct["estimates"]);
+    // Bad layer, empty text, both inputs.
+    for (body, field) in [
+        (
+            r#"{"texts": ["a"], "embedding": {"layer": 3}}"#,
+            "embedding.layer",
+        ),
+        (r#"{"texts": ["a", ""]}"#, "texts[1]"),
+        (
+            r#"{"texts": ["a"], "embedding": {"model": "other"}}"#,
+            "embedding.model",
+        ),
+    ] {
+        let (code, v) = post_json(&format!("{base}/v1/analysis/embed"), body);
+        assert_eq!(code, 422, "{body}: {v}");
+        assert_eq!(v["error"]["field"], field, "{body}: {v}");
+    }
+    let (code, v) = post_json(
+        &format!("{base}/v1/analysis/intrinsic-dimension"),
+        r#"{"texts": ["a"], "embeddings": [[1, 2]]}"#,
+    );
+    assert_eq!(
+        (code, v["error"]["field"].as_str()),
+        (422, Some("texts")),
+        "{v}"
+    );
+}

@@ -14,8 +14,10 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Plans `total` steps.
+    /// Plans `total` steps of a new phase (an analysis may have several: embedding texts,
+    /// then training): the count starts again at 0.
     pub fn plan(&self, total: usize) {
+        self.done.store(0, Ordering::Relaxed);
         self.total.store(total, Ordering::Relaxed);
     }
 

@@ -108,6 +108,33 @@ enum Msg {
     Gen(GenRequest),
     Install(String, Adapter),
     Evict(String),
+    Embed(EmbedRequest),
+}
+
+/// How a text's hidden states become one vector.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// Mean over the text's tokens (no padding exists: texts run one at a time).
+    Mean,
+    /// The last token.
+    Last,
+    /// The first token.
+    First,
+}
+
+/// Texts (as token ids) to embed at a layer, answered on `reply` with one vector per text.
+pub struct EmbedRequest {
+    /// Token ids per text.
+    pub texts: Vec<Vec<i64>>,
+    /// Blocks to run (0: token embeddings).
+    pub layer: usize,
+    /// Pooling.
+    pub pooling: Pooling,
+    /// Where the vectors (or the error) go.
+    pub reply: std::sync::mpsc::Sender<Result<Vec<Vec<f32>>, String>>,
 }
 
 /// Why a request was refused before it was queued.
@@ -177,6 +204,7 @@ pub struct Engine {
     tx: std::sync::mpsc::Sender<Msg>,
     cfg: EngineConfig,
     context: usize,
+    layers: usize,
     /// Live counters.
     pub stats: Arc<EngineStats>,
     /// Time-to-first-token observer (seconds), set by the server for its histogram.
@@ -205,6 +233,7 @@ impl Engine {
         let (tx, rx) = std::sync::mpsc::channel();
         let stats = Arc::new(EngineStats::default());
         let context = model.cfg.max_position_embeddings;
+        let layers = model.cfg.num_hidden_layers;
         let (stats2, ttft2) = (stats.clone(), ttft.clone());
         let uses_kernel = model.precision() != super::linear::Precision::Bf16;
         let build = move || Worker {
@@ -251,6 +280,7 @@ impl Engine {
             tx,
             cfg,
             context,
+            layers,
             stats,
             ttft,
         }
@@ -269,6 +299,32 @@ impl Engine {
     /// Hands an adapter to the engine under `name` (replacing one of that name).
     pub fn install(&self, name: &str, adapter: Adapter) {
         let _ = self.tx.send(Msg::Install(name.into(), adapter));
+    }
+
+    /// Embeds `texts` (token ids) at `layer` with `pooling`; blocks the calling (non-async)
+    /// thread until the engine answers between two decoding steps.
+    pub fn embed(
+        &self,
+        texts: Vec<Vec<i64>>,
+        layer: usize,
+        pooling: Pooling,
+    ) -> Result<Vec<Vec<f32>>, String> {
+        let (reply, rx) = std::sync::mpsc::channel();
+        self.tx
+            .send(Msg::Embed(EmbedRequest {
+                texts,
+                layer,
+                pooling,
+                reply,
+            }))
+            .map_err(|_| "the LLM engine has stopped".to_string())?;
+        rx.recv()
+            .map_err(|_| "the LLM engine has stopped".to_string())?
+    }
+
+    /// The number of transformer blocks (the deepest `layer` to embed at).
+    pub fn layers(&self) -> usize {
+        self.layers
     }
 
     /// Drops the engine's adapter `name` (running sequences keep theirs).
@@ -436,7 +492,29 @@ impl Worker {
             Msg::Evict(name) => {
                 self.adapters.remove(&name);
             }
+            Msg::Embed(e) => {
+                let _ = e.reply.send(self.embed(&e));
+            }
         }
+    }
+
+    /// Runs an embedding request between decoding steps (each text alone: no padding).
+    fn embed(&self, e: &EmbedRequest) -> Result<Vec<Vec<f32>>, String> {
+        e.texts
+            .iter()
+            .map(|ids| {
+                let h = self
+                    .model
+                    .hidden_states(ids, e.layer)
+                    .map_err(|err| err.to_string())?;
+                let v = match e.pooling {
+                    Pooling::Mean => h.mean_dim(0, false, tch::Kind::Float),
+                    Pooling::Last => h.get(h.size()[0] - 1),
+                    Pooling::First => h.get(0),
+                };
+                Vec::<f32>::try_from(v.contiguous()).map_err(|err| err.to_string())
+            })
+            .collect()
     }
 
     fn release(&mut self) {

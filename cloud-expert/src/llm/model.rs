@@ -511,6 +511,33 @@ impl Llama {
         cache: &mut KvCache,
         adapt: Adapt<'_>,
     ) -> Result<Tensor, ModelError> {
+        self.forward_layers(tokens, cache, adapt, self.cfg.num_hidden_layers)
+    }
+
+    /// Hidden states (T, hidden) of one sequence after `layer` blocks (0: the token
+    /// embeddings; the number of layers: the last block's output, before the final norm).
+    pub fn hidden_states(&self, tokens: &[i64], layer: usize) -> Result<Tensor, ModelError> {
+        if layer > self.cfg.num_hidden_layers || tokens.is_empty() {
+            return Err(ModelError::Config(format!(
+                "layer {layer} of {} (and at least one token)",
+                self.cfg.num_hidden_layers
+            )));
+        }
+        let t = Tensor::from_slice(tokens).view([1, -1]);
+        let _g = tch::no_grad_guard();
+        Ok(self
+            .forward_layers(&t, &mut KvCache::default(), Adapt::None, layer)?
+            .squeeze_dim(0))
+    }
+
+    /// Runs the first `layers` blocks; the output (batch, T, hidden).
+    fn forward_layers(
+        &self,
+        tokens: &Tensor,
+        cache: &mut KvCache,
+        adapt: Adapt<'_>,
+        layers: usize,
+    ) -> Result<Tensor, ModelError> {
         let (b, t) = tokens.size2()?;
         let start = cache.len();
         self.check_positions(start + t)?;
@@ -527,7 +554,7 @@ impl Llama {
         let q_pos = Tensor::arange_start(start, total, (Kind::Int64, x.device())).unsqueeze(1);
         let k_pos = Tensor::arange(total, (Kind::Int64, x.device())).unsqueeze(0);
         let mask = k_pos.gt_tensor(&q_pos);
-        for (l, slot) in cache.layers.iter_mut().enumerate() {
+        for (l, slot) in cache.layers.iter_mut().enumerate().take(layers) {
             let n = self.rms_norm(&x, &self.blocks[l].attn_norm);
             let [q, k, v] = self.qkv(l, &n, adapt);
             let q = self.rope(&q.view([b, t, h, hd]).transpose(1, 2), start);

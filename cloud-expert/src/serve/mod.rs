@@ -243,8 +243,16 @@ pub async fn run(
     }
     let http_task = match http {
         Some(listener) => {
-            let mut app = http::app(state.clone())
-                .merge(analysis::router(cfg.analysis, Some(state.registry.clone())));
+            let llm = llm_state.as_ref().map(|l| analysis::texts::LlmHandle {
+                name: l.base.clone(),
+                engine: l.engine.clone(),
+                tokenizer: l.tokenizer.clone(),
+            });
+            let mut app = http::app(state.clone()).merge(analysis::router(
+                cfg.analysis,
+                Some(state.registry.clone()),
+                llm,
+            ));
             if let Some(l) = &llm_state {
                 app = app.merge(openai::router(l.clone()));
             }

@@ -12,6 +12,7 @@ mod jobs;
 mod sparse;
 mod spectrum;
 mod stratify;
+pub mod texts;
 
 use crate::analysis::id::{intrinsic_dimension, IdParams, IdReport};
 use crate::analysis::{npy, AnalysisError, Points, Progress};
@@ -63,6 +64,8 @@ struct AnalysisState {
     jobs: Jobs,
     /// Served expert models (spectra of their layers), if the server has a repository.
     registry: Option<Arc<Registry>>,
+    /// The served LLM, to embed `texts`.
+    llm: Option<texts::LlmHandle>,
 }
 
 /// `202` body: a queued job.
@@ -78,8 +81,15 @@ pub struct JobAccepted {
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IdRequest {
-    /// Points as rows of equal length.
+    /// Points as rows of equal length (or `texts`).
+    #[serde(default)]
     pub embeddings: Vec<Vec<f64>>,
+    /// Texts to embed with the served LLM instead (always a job).
+    #[serde(default)]
+    pub texts: Vec<String>,
+    /// How `texts` are embedded.
+    #[serde(default)]
+    pub embedding: texts::EmbedOptions,
     /// Estimator settings (all optional).
     #[serde(default)]
     pub params: IdParams,
@@ -155,6 +165,10 @@ impl IntoResponse for AnalysisError {
         JobView,
         JobState,
         spectrum::SpectrumRequest,
+        texts::EmbedOptions,
+        texts::EmbedRequest,
+        texts::EmbedResponse,
+        crate::llm::engine::Pooling,
         sparse::SparseCodeRequest,
         stratify::StratifyRequest,
         crate::analysis::stratify::StratifyParams,
@@ -179,12 +193,17 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// The analysis routes and `/openapi.json`; `registry` gives the served experts' weights.
-pub fn router(limits: AnalysisLimits, registry: Option<Arc<Registry>>) -> Router {
+pub fn router(
+    limits: AnalysisLimits,
+    registry: Option<Arc<Registry>>,
+    llm: Option<texts::LlmHandle>,
+) -> Router {
     let state = Arc::new(AnalysisState {
         limits,
         permits: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
         jobs: Jobs::new(limits.max_jobs),
         registry,
+        llm,
     });
     Router::new()
         .route(
@@ -193,6 +212,7 @@ pub fn router(limits: AnalysisLimits, registry: Option<Arc<Registry>>) -> Router
         )
         .route("/v1/analysis/spectrum", post(spectrum::spectrum_route))
         .route("/v1/analysis/sparse-code", post(sparse::sparse_code_route))
+        .route("/v1/analysis/embed", post(texts::embed_route))
         .route("/v1/analysis/stratify", post(stratify::stratify_route))
         .route(
             "/v1/analysis/jobs/{id}",
@@ -356,6 +376,19 @@ async fn intrinsic_dimension_route(
             &st.limits,
         ) {
             return e.into_response();
+        }
+        if !req.texts.is_empty() {
+            if !req.embeddings.is_empty() {
+                return AnalysisError::invalid("texts", "give embeddings or texts, not both")
+                    .into_response();
+            }
+            let llm = st.llm.clone();
+            return submit_job(&st, "intrinsic-dimension", move |progress: &Progress| {
+                let rows = texts::embed(llm.as_ref(), &req.texts, &req.embedding, progress)?;
+                let p = Points::from_rows(&rows, "texts")?;
+                let r = intrinsic_dimension(&p, &req.params)?;
+                Ok(serde_json::to_value(r).unwrap_or_default())
+            });
         }
         if req.job {
             return submit_job(&st, "intrinsic-dimension", move |progress: &Progress| {

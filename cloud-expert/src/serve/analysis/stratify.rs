@@ -3,7 +3,7 @@
 
 use super::{AnalysisState, ErrorBody};
 use crate::analysis::stratify::{stratify, StratifyParams};
-use crate::analysis::Progress;
+use crate::analysis::{AnalysisError, Progress};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -13,8 +13,15 @@ use std::sync::Arc;
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StratifyRequest {
-    /// Embeddings as rows of equal length (at least 10).
+    /// Embeddings as rows of equal length (at least 10), or `texts`.
+    #[serde(default)]
     pub embeddings: Vec<Vec<f64>>,
+    /// Texts to embed with the served LLM instead.
+    #[serde(default)]
+    pub texts: Vec<String>,
+    /// How `texts` are embedded.
+    #[serde(default)]
+    pub embedding: super::texts::EmbedOptions,
     /// Optional integer labels, one per row: only used to report purities.
     pub labels: Option<Vec<i64>>,
     /// Settings (all optional).
@@ -51,8 +58,18 @@ pub(super) async fn stratify_route(
     if let Err(e) = super::check_size(req.embeddings.len(), values, &st.limits) {
         return e.into_response();
     }
+    if !req.texts.is_empty() && !req.embeddings.is_empty() {
+        return AnalysisError::invalid("texts", "give embeddings or texts, not both")
+            .into_response();
+    }
+    let llm = st.llm.clone();
     super::submit_job(&st, "stratify", move |p: &Progress| {
-        stratify(&req.embeddings, req.labels.as_deref(), &req.params, p)
+        let rows = if req.texts.is_empty() {
+            req.embeddings
+        } else {
+            super::texts::embed(llm.as_ref(), &req.texts, &req.embedding, p)?
+        };
+        stratify(&rows, req.labels.as_deref(), &req.params, p)
             .map(|r| serde_json::to_value(r).unwrap_or_default())
     })
 }

@@ -109,6 +109,10 @@ enum Msg {
     Install(String, Adapter),
     Evict(String),
     Embed(EmbedRequest),
+    /// Names and shapes of the model's weights.
+    WeightNames(std::sync::mpsc::Sender<Vec<(String, Vec<i64>)>>),
+    /// One weight as float32 values.
+    Weight(String, std::sync::mpsc::Sender<Option<Vec<f32>>>),
 }
 
 /// How a text's hidden states become one vector.
@@ -322,6 +326,26 @@ impl Engine {
             .map_err(|_| "the LLM engine has stopped".to_string())?
     }
 
+    /// Names and shapes of the model's weights, sorted by name.
+    pub fn weight_names(&self) -> Result<Vec<(String, Vec<i64>)>, String> {
+        let (reply, rx) = std::sync::mpsc::channel();
+        self.tx
+            .send(Msg::WeightNames(reply))
+            .map_err(|_| "the LLM engine has stopped".to_string())?;
+        rx.recv()
+            .map_err(|_| "the LLM engine has stopped".to_string())
+    }
+
+    /// One weight's values (float32, row-major), if the model has it.
+    pub fn weight(&self, name: &str) -> Result<Option<Vec<f32>>, String> {
+        let (reply, rx) = std::sync::mpsc::channel();
+        self.tx
+            .send(Msg::Weight(name.to_string(), reply))
+            .map_err(|_| "the LLM engine has stopped".to_string())?;
+        rx.recv()
+            .map_err(|_| "the LLM engine has stopped".to_string())
+    }
+
     /// The number of transformer blocks (the deepest `layer` to embed at).
     pub fn layers(&self) -> usize {
         self.layers
@@ -494,6 +518,22 @@ impl Worker {
             }
             Msg::Embed(e) => {
                 let _ = e.reply.send(self.embed(&e));
+            }
+            Msg::WeightNames(reply) => {
+                let mut names: Vec<(String, Vec<i64>)> = self
+                    .model
+                    .weights()
+                    .iter()
+                    .map(|(n, t)| (n.clone(), t.size()))
+                    .collect();
+                names.sort();
+                let _ = reply.send(names);
+            }
+            Msg::Weight(name, reply) => {
+                let w = self.model.weights().get(&name).and_then(|t| {
+                    Vec::<f32>::try_from(t.to_kind(tch::Kind::Float).contiguous().view([-1])).ok()
+                });
+                let _ = reply.send(w);
             }
         }
     }

@@ -45,7 +45,8 @@ pub struct SpectrumRequest {
     /// The same layers at initialisation (by name), for norm changes and spectral drift.
     #[serde(default)]
     pub initial: Vec<NamedMatrix>,
-    /// A served expert model: every weight layer of its expert.
+    /// A served expert model (every weight layer of its expert), or the served LLM's id (every
+    /// 2-D weight of the LLM).
     pub model: Option<String>,
     /// Its version (default: the newest served).
     pub version: Option<String>,
@@ -70,6 +71,8 @@ pub struct SpectrumReport {
 enum Source {
     Uploaded(Vec<Matrix>, Vec<Matrix>),
     Files(std::path::PathBuf, Option<std::path::PathBuf>),
+    /// The served LLM's weights of two or more dimensions, fetched one at a time.
+    Llm(super::texts::LlmHandle),
 }
 
 fn matrices(list: Vec<NamedMatrix>, field: &str) -> Result<Vec<Matrix>, AnalysisError> {
@@ -97,6 +100,7 @@ fn run(
     progress: &Progress,
 ) -> Result<SpectrumReport, AnalysisError> {
     let (layers, initial) = match source {
+        Source::Llm(llm) => return run_llm(&llm, opts, progress),
         Source::Uploaded(m, i) => (m, i),
         Source::Files(path, init) => {
             let m = spectrum::matrices_from_safetensors(&path)?;
@@ -113,6 +117,36 @@ fn run(
         progress.check()?;
         let init = initial.iter().find(|w| w.name == m.name);
         out.push(spectrum::analyze(m, init, opts)?);
+        progress.step()?;
+    }
+    Ok(SpectrumReport { layers: out })
+}
+
+/// Every 2-D weight of the served LLM, fetched from the engine one at a time (the largest, the
+/// token embeddings, is vocabulary x hidden).
+fn run_llm(
+    llm: &super::texts::LlmHandle,
+    opts: &SpectrumOptions,
+    progress: &Progress,
+) -> Result<SpectrumReport, AnalysisError> {
+    let names: Vec<(String, Vec<i64>)> = llm
+        .engine
+        .weight_names()
+        .map_err(AnalysisError::Compute)?
+        .into_iter()
+        .filter(|(_, s)| s.len() == 2 && s[0] >= 2 && s[1] >= 2)
+        .collect();
+    progress.plan(names.len());
+    let mut out = Vec::with_capacity(names.len());
+    for (name, shape) in names {
+        progress.check()?;
+        let data = llm
+            .engine
+            .weight(&name)
+            .map_err(AnalysisError::Compute)?
+            .ok_or_else(|| AnalysisError::Compute(format!("weight {name} vanished")))?;
+        let m = Matrix::new(name, shape[0] as usize, shape[1] as usize, data)?;
+        out.push(spectrum::analyze(&m, None, opts)?);
         progress.step()?;
     }
     Ok(SpectrumReport { layers: out })
@@ -147,8 +181,22 @@ pub(super) async fn spectrum_route(
         seed: req.options.seed,
         svg: req.options.svg,
     };
-    let (source, job) = match &req.model {
-        Some(model) => {
+    let llm = st
+        .llm
+        .clone()
+        .filter(|l| req.model.as_deref() == Some(l.name.as_str()));
+    let (source, job) = match (&req.model, llm) {
+        (Some(_), Some(llm)) => {
+            if !req.matrices.is_empty() || req.initial_version.is_some() {
+                return AnalysisError::invalid(
+                    "model",
+                    "the LLM's spectra take no matrices or initial_version",
+                )
+                .into_response();
+            }
+            (Source::Llm(llm), true)
+        }
+        (Some(model), None) => {
             if !req.matrices.is_empty() {
                 return AnalysisError::invalid(
                     "matrices",
@@ -182,7 +230,7 @@ pub(super) async fn spectrum_route(
             };
             (Source::Files(path, init), true)
         }
-        None => {
+        (None, _) => {
             if req.matrices.is_empty() {
                 return AnalysisError::invalid("matrices", "give matrices (or a served model)")
                     .into_response();

@@ -3,6 +3,7 @@
 #   make test   - set up and run the whole test suite (fmt, clippy, unit and end-to-end tests)
 #   make bench  - set up and print the benchmark figures (including the MLServer comparison)
 #   make bench-peer - only the side-by-side comparison with MLServer
+#   make analysis-demo - the bundled LLM embeds texts of four domains; strata, intrinsic dimension, spectra
 #   make fuzz   - cargo-fuzz the request and tensor decoders for FUZZ_SECONDS each (nightly)
 SHELL := /bin/bash
 VENV := $(CURDIR)/.venv
@@ -15,7 +16,7 @@ export PATH := $(VENV)/bin:$(PATH)
 CARGO ?= cargo
 DEMO_OUT ?= $(CURDIR)/demo-out
 
-.PHONY: setup build demo test bench bench-peer bench-llm bench-analysis finetune-compare llm-demo fuzz lint clean-venv
+.PHONY: setup build demo test bench bench-peer bench-llm bench-analysis finetune-compare llm-demo analysis-demo fuzz lint clean-venv
 
 $(VENV)/.ready: scripts/requirements.txt
 	@bash scripts/setup-venv.sh "$(VENV)"
@@ -72,6 +73,10 @@ finetune-compare: setup
 llm-demo: setup
 	$(CARGO) build --release --bins
 	bash scripts/llm-demo.sh "$(DEMO_OUT)"
+
+analysis-demo: setup
+	$(CARGO) build --release --bins
+	bash scripts/analysis-demo.sh "$(DEMO_OUT)"
 
 bench-peer: setup
 	$(CARGO) build --release --bins

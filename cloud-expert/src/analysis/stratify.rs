@@ -1,6 +1,7 @@
 //! Stratification by a sparse mixture of dictionary-learning experts (spec §2).
 //!
-//! Model (defaults from the authors' code): embeddings centred and projected by PCA to
+//! Model (defaults from the authors' code): embeddings (optionally standardised per
+//! dimension first: `standardize`) centred and projected by PCA to
 //! `pca_dim` (64), then scaled to unit mean squared norm. K experts (7), each a top-k LISTA
 //! encoder of `layers` (5) steps, `z <- TopK_s(W x + S z)` with a straight-through gradient,
 //! code dimension `code_dim` (32) and its own dictionary `D_e` (pca_dim x code_dim), at
@@ -59,6 +60,9 @@ pub struct StratifyParams {
     pub kmeans_k: usize,
     /// Include the n x K gate matrix.
     pub return_gates: bool,
+    /// Scale every input dimension to unit variance before PCA (LLM hidden states have a few
+    /// "massive activation" dimensions that otherwise dominate every distance).
+    pub standardize: bool,
 }
 
 impl Default for StratifyParams {
@@ -76,6 +80,7 @@ impl Default for StratifyParams {
             seed: 0,
             kmeans_k: 5,
             return_gates: false,
+            standardize: false,
         }
     }
 }
@@ -253,7 +258,11 @@ pub fn stratify(
     tch::manual_seed(p.seed as i64);
     // PCA by the covariance's eigenvectors, in float64.
     let pca = p.pca_dim.min(d).min(n - 1);
-    let xd = Tensor::from_slice(&v).view([n as i64, d as i64]);
+    let mut xd = Tensor::from_slice(&v).view([n as i64, d as i64]);
+    if p.standardize {
+        let sd = xd.std_dim([0i64].as_slice(), true, true) + 1e-12;
+        xd = (&xd - xd.mean_dim(0, true, Kind::Double)) / sd;
+    }
     let centred = &xd - xd.mean_dim(0, true, Kind::Double);
     let (_, vecs) = (centred.tr().mm(&centred) / (n as f64 - 1.0)).f_linalg_eigh("L")?;
     let top = vecs.narrow(1, d as i64 - pca as i64, pca as i64).flip([1]);

@@ -41,8 +41,14 @@ if [ "${LLM_DEMO:-1}" != 0 ]; then
   bash "$(dirname "$0")/llm-demo.sh" "$out" "${LLM_DEMO_STEPS:-60}"
   echo
 fi
+if [ "${ANALYSIS_DEMO:-1}" != 0 ]; then
+  echo "== 8. Analysis: SmolLM2 embeds texts of four domains; strata, intrinsic dimension, spectra; ANALYSIS_DEMO=0 skips"
+  bash "$(dirname "$0")/analysis-demo.sh" "$out"
+  echo
+fi
 echo "demo outputs in $out:"
 echo "  model repository   $repo/<model>/<version>/ (expert, rejector.onnx, legacy.onnx, report.json)"
 echo "  curves             $repo/digits/1/curves.svg, $repo/oddeven/1/curves.svg, $repo/digits-plain/1/curves.svg"
 echo "  device decisions   $out/edge-decisions.jsonl (offline), $out/edge-<i>.jsonl (live fleet)"
 echo "  LLM adapter        $out/llm/dates-lsr/ (adapter_config.json, adapter_model.safetensors, finetune_report.json)"
+echo "  analysis reports   $out/analysis/stratify.json, $out/analysis/spectrum.json"

@@ -85,12 +85,25 @@ pub struct AnalyzeArgs {
     /// Also per-point estimates.
     #[arg(long)]
     pub pointwise: bool,
-    /// Sparse codes: the dictionary, one unit-norm atom per row (same formats as --input).
+    /// Sparse codes: the dictionary, one unit-norm atom per row (same formats as --input);
+    /// without it one is learned (--atoms, --method, --iterations, --seed).
     #[arg(long)]
     pub dictionary: Option<PathBuf>,
     /// Sparse codes: atoms per signal.
     #[arg(long, default_value_t = 5)]
     pub sparsity: usize,
+    /// Sparse codes without --dictionary: atoms to learn.
+    #[arg(long, default_value_t = 512)]
+    pub atoms: usize,
+    /// Sparse codes without --dictionary: `ksvd`, `mod` or `online`.
+    #[arg(long, default_value = "ksvd")]
+    pub method: String,
+    /// Sparse codes without --dictionary: learning passes.
+    #[arg(long, default_value_t = 10)]
+    pub iterations: usize,
+    /// Sparse codes without --dictionary: seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// Spectrum: the same layers at initialisation (drift).
     #[arg(long)]
     pub initial: Option<PathBuf>,

@@ -136,6 +136,41 @@ fn batch_omp_matches_scikit_learn_orthogonal_mp_gram() {
         ],
     );
     assert!(err.contains("atom 0 has norm 1.414214"), "{err}");
+    // Without a dictionary one is learned; the error falls pass after pass.
+    let out = run_ok(
+        "cloud-expert",
+        &[
+            "analyze",
+            "sparse-code",
+            "--input",
+            dir.path().join("signals.npy").to_str().unwrap(),
+            "--atoms",
+            "64",
+            "--method",
+            "mod",
+            "--iterations",
+            "5",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let hist = v["dictionary_learning"]["mse_history"].as_array().unwrap();
+    assert_eq!(hist.len(), 6);
+    assert!(
+        hist[5].as_f64().unwrap() < hist[0].as_f64().unwrap(),
+        "{hist:?}"
+    );
+    let err = run_err(
+        "cloud-expert",
+        &[
+            "analyze",
+            "sparse-code",
+            "--input",
+            sig.to_str().unwrap(),
+            "--method",
+            "svd",
+        ],
+    );
+    assert!(err.contains("--method"), "{err}");
 }
 
 /// Signals in R^8 that are exact 2-sparse combinations of the planted atoms `atoms` (unit

@@ -1,6 +1,6 @@
 //! `cloud-expert analyze <kind>`: the HTTP analyses on local files, same definitions and JSON.
 
-use super::{id, omp, spectrum, AnalysisError, Points};
+use super::{dictlearn, id, omp, spectrum, AnalysisError, Points};
 use crate::config::{AnalyzeArgs, AnalyzeKind};
 
 /// Runs the analysis `a` asks for; its report as JSON.
@@ -20,14 +20,45 @@ pub fn run(a: &AnalyzeArgs) -> Result<serde_json::Value, AnalysisError> {
             ))
         }
         AnalyzeKind::SparseCode => {
-            let d = a.dictionary.as_ref().ok_or_else(|| {
-                AnalysisError::invalid("--dictionary", "sparse-code needs a dictionary")
-            })?;
-            omp::report(
-                &Points::read_file(&a.input)?,
-                &Points::read_file(d)?,
+            let signals = Points::read_file(&a.input)?;
+            if let Some(d) = &a.dictionary {
+                return omp::report(&signals, &Points::read_file(d)?, a.sparsity);
+            }
+            let method: dictlearn::Method = serde_json::from_value(serde_json::json!(a.method))
+                .map_err(|_| AnalysisError::invalid("--method", "one of ksvd, mod, online"))?;
+            let params = dictlearn::LearnParams {
+                method,
+                atoms: a.atoms,
+                iterations: a.iterations,
+                seed: a.seed,
+                ..dictlearn::LearnParams::default()
+            };
+            if a.sparsity == 0 || a.sparsity > a.atoms {
+                return Err(AnalysisError::invalid(
+                    "--sparsity",
+                    format!("must be in 1..={}", a.atoms),
+                ));
+            }
+            let h: Vec<f64> = signals.data.iter().map(|&v| f64::from(v)).collect();
+            let learned = dictlearn::learn(
+                &h,
+                signals.d,
                 a.sparsity,
-            )
+                &params,
+                &super::Progress::default(),
+            )?;
+            let mut r = omp::report_with(
+                &learned.dict,
+                learned.m,
+                signals.d,
+                &h,
+                signals.dropped,
+                a.sparsity,
+            )?;
+            r["dictionary_learning"] = serde_json::json!({"method": method, "atoms": learned.m,
+                "iterations": a.iterations, "seed": a.seed, "mse_history": learned.mse_history,
+                "replaced_atoms": learned.replaced});
+            Ok(r)
         }
         AnalyzeKind::Spectrum => {
             let layers = spectrum::read_matrices(&a.input)?;

@@ -61,6 +61,9 @@ pub enum AnalyzeKind {
     /// Weight spectra (as `/v1/analysis/spectrum`) of a `.npy` matrix or every weight of a
     /// `.safetensors` file.
     Spectrum,
+    /// pNTK data attribution for an expert of `--repo` (as `/v1/analysis/attribution`), or the
+    /// flipped-label check with `--poison-fraction`.
+    Attribution,
 }
 
 /// `cloud-expert analyze`.
@@ -70,9 +73,9 @@ pub struct AnalyzeArgs {
     #[arg(value_enum)]
     pub kind: AnalyzeKind,
     /// Points: a 2-D float32/float64 `.npy`, a `.csv` of numbers (no header), or a JSON array
-    /// of rows.
+    /// of rows (every kind but attribution).
     #[arg(long)]
-    pub input: PathBuf,
+    pub input: Option<PathBuf>,
     /// Neighbours (MLE and per-point neighbourhoods).
     #[arg(long, default_value_t = 20)]
     pub k: usize,
@@ -116,6 +119,39 @@ pub struct AnalyzeArgs {
     /// Spectrum: write one SVG plot per layer into this directory.
     #[arg(long)]
     pub svg_dir: Option<PathBuf>,
+    /// Attribution: the model repository.
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
+    /// Attribution: the expert model's name.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Attribution: its version (default: the newest).
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Attribution: `pntk` or `trntk`.
+    #[arg(long, default_value = "pntk")]
+    pub kernel: String,
+    /// Attribution: project gradients to this many dimensions.
+    #[arg(long)]
+    pub projection: Option<usize>,
+    /// Attribution: the surrogate's L2 penalty.
+    #[arg(long, default_value_t = 1e-3)]
+    pub l2: f64,
+    /// Attribution: fit the surrogate to `network` probabilities or `labels`.
+    #[arg(long, default_value = "network")]
+    pub targets: String,
+    /// Attribution: at most this many training points (seeded subsample).
+    #[arg(long)]
+    pub max_train: Option<usize>,
+    /// Attribution: run the flipped-label check with this fraction flipped.
+    #[arg(long)]
+    pub poison_fraction: Option<f64>,
+    /// Attribution: also write the points, kernel and surrogate probabilities as JSON here.
+    #[arg(long)]
+    pub dump: Option<PathBuf>,
+    /// Attribution: epochs of the flipped-label check's training.
+    #[arg(long, default_value_t = 200)]
+    pub poison_epochs: usize,
     /// Write the report here (default: standard output).
     #[arg(long)]
     pub json: Option<PathBuf>,

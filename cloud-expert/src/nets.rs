@@ -141,6 +141,27 @@ impl Net {
         self.head.forward(&h)
     }
 
+    /// For an MLP (no conv blocks, no extra inputs): the input of every linear layer (the
+    /// normalised features, then each hidden activation; detached) and its output before the
+    /// activation (still in the autograd graph), in order, ending with the head. The gradient of
+    /// a sum of outputs w.r.t. layer `l`'s weight is then `delta_l^T a_l` per sample, which is
+    /// what makes per-sample gradient kernels factor. `None` for a CNN (shared conv weights do
+    /// not factor this way).
+    pub fn linear_trace(&self, x: &Tensor) -> Option<(Vec<Tensor>, Vec<Tensor>)> {
+        if !self.convs.is_empty() || self.spec.extra_inputs != 0 {
+            return None;
+        }
+        let mut h = (x - &self.mean) * &self.inv_std;
+        let (mut inputs, mut outputs) = (Vec::new(), Vec::new());
+        for fc in self.hidden.iter().chain(std::iter::once(&self.head)) {
+            inputs.push(h.detach());
+            let z = fc.forward(&h);
+            h = z.relu();
+            outputs.push(z);
+        }
+        Some((inputs, outputs))
+    }
+
     /// Appends this network to an ONNX graph: `input` holds raw features with the data's sample
     /// shape, `extra` the optional extra features. Returns the name of the head's output.
     pub fn export(

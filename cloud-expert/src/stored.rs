@@ -82,7 +82,7 @@ pub struct LoadedExpert {
     /// `expert.json`.
     pub meta: ExpertMeta,
     /// Keeps the weights alive.
-    _vs: tch::nn::VarStore,
+    vs: tch::nn::VarStore,
     /// The network.
     net: crate::nets::Net,
 }
@@ -108,7 +108,7 @@ impl LoadedExpert {
         )
         .map_err(CloudError::Config)?;
         vs.load(dir.join(files::EXPERT_WEIGHTS))?;
-        Ok(Self { meta, _vs: vs, net })
+        Ok(Self { meta, vs, net })
     }
 
     /// Values per sample.
@@ -119,6 +119,23 @@ impl LoadedExpert {
     /// Number of classes.
     pub fn num_classes(&self) -> usize {
         self.meta.num_classes
+    }
+
+    /// The network.
+    pub fn net(&self) -> &crate::nets::Net {
+        &self.net
+    }
+
+    /// The trainable parameters, in the store's (name) order.
+    pub fn parameters(&self) -> Vec<tch::Tensor> {
+        let mut named: Vec<(String, tch::Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        named.into_iter().map(|(_, t)| t).collect()
     }
 
     /// Class probabilities for `n` samples (`n * K`, row-major). Shapes are the caller's

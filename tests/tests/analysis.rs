@@ -326,8 +326,49 @@ fn stratification_matches_scikit_learn_scores_and_scikit_dimension() {
 #[test]
 fn texts_are_embedded_by_the_served_llm_like_transformers_and_analysed() {
     let dir = tempfile::tempdir().unwrap();
-    let cloud = start(dir.path(), &[]);
+    let lora = format!("lora={}", dir.path().join("adapters/lora").display());
+    let cloud = start(dir.path(), &["--adapter", &lora]);
     let base = cloud.http_url();
+    // Spectra of an adapter's updates: scale B A of rank 4 for q and v of both blocks.
+    let (code, v) = post_json(
+        &format!("{base}/v1/analysis/spectrum"),
+        r#"{"model": "lora", "options": {"eigenvalues": true}}"#,
+    );
+    assert_eq!(code, 202, "{v}");
+    let job = wait_job(&base, v["job_id"].as_str().unwrap());
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let layers = job["result"]["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 4, "{job}");
+    assert!(
+        layers[0]["name"]
+            .as_str()
+            .unwrap()
+            .ends_with("q_proj.weight.delta"),
+        "{}",
+        layers[0]["name"]
+    );
+    for l in layers {
+        let ev: Vec<f64> = serde_json::from_value(l["eigenvalues"].clone()).unwrap();
+        let top = ev.iter().cloned().fold(0.0, f64::max);
+        let rank = ev.iter().filter(|&&e| e > 1e-8 * top).count();
+        assert_eq!(rank, 4, "{}: {ev:?}", l["name"]);
+    }
+    // The same from the adapter directory offline.
+    let out = run_ok(
+        "cloud-expert",
+        &[
+            "analyze",
+            "spectrum",
+            "--input",
+            dir.path().join("adapters/lora").to_str().unwrap(),
+        ],
+    );
+    let offline: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        offline["layers"][1]["stable_rank"],
+        layers[1]["stable_rank"]
+    );
+    assert_eq!(offline["layers"][1]["lambda_max"], layers[1]["lambda_max"]);
     let out = python_check(
         "tests/python/embed_crosscheck.py",
         &[

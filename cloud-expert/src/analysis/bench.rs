@@ -75,8 +75,11 @@ pub fn run(
         ))
     );
     let spectrum = spectrum_bench(reference.as_ref());
+    // Gradients are needed here (the rest runs under no_grad).
+    let pntk = tch::with_grad(super::attribution::bench::run);
     serde_json::json!({"n": n, "d": d, "gemm_s": gemm, "twonn_s": knn2, "mle_s": knn20,
-        "twonn": est_twonn, "mle": est_mle, "omp_s": omp, "spectrum": spectrum, "reference": reference})
+        "twonn": est_twonn, "mle": est_mle, "omp_s": omp, "spectrum": spectrum, "pntk": pntk,
+        "reference": reference})
 }
 
 /// The spectrum of one 2048 x 2048 layer (WeightWatcher's matrix when the reference names

@@ -1,12 +1,21 @@
 //! `cloud-expert analyze <kind>`: the HTTP analyses on local files, same definitions and JSON.
 
+use super::attribution::{expert, poison::PoisonParams, AttributionParams};
 use super::{dictlearn, id, omp, spectrum, AnalysisError, Points};
 use crate::config::{AnalyzeArgs, AnalyzeKind};
 
 /// Runs the analysis `a` asks for; its report as JSON.
 pub fn run(a: &AnalyzeArgs) -> Result<serde_json::Value, AnalysisError> {
     let json = |r: Result<_, AnalysisError>| r.map(|v| serde_json::to_value(v).unwrap_or_default());
+    if let AnalyzeKind::Attribution = a.kind {
+        return attribution(a);
+    }
+    let input = a
+        .input
+        .as_deref()
+        .ok_or_else(|| AnalysisError::invalid("--input", "required for this analysis"))?;
     match a.kind {
+        AnalyzeKind::Attribution => unreachable!("handled above"),
         AnalyzeKind::IntrinsicDimension => {
             let params = id::IdParams {
                 k: a.k,
@@ -14,13 +23,10 @@ pub fn run(a: &AnalyzeArgs) -> Result<serde_json::Value, AnalysisError> {
                 alpha_ratio: a.alpha_ratio,
                 pointwise: a.pointwise,
             };
-            json(id::intrinsic_dimension(
-                &Points::read_file(&a.input)?,
-                &params,
-            ))
+            json(id::intrinsic_dimension(&Points::read_file(input)?, &params))
         }
         AnalyzeKind::SparseCode => {
-            let signals = Points::read_file(&a.input)?;
+            let signals = Points::read_file(input)?;
             if let Some(d) = &a.dictionary {
                 return omp::report(&signals, &Points::read_file(d)?, a.sparsity);
             }
@@ -61,7 +67,7 @@ pub fn run(a: &AnalyzeArgs) -> Result<serde_json::Value, AnalysisError> {
             Ok(r)
         }
         AnalyzeKind::Spectrum => {
-            let layers = spectrum::read_matrices(&a.input)?;
+            let layers = spectrum::read_matrices(input)?;
             let initial = match &a.initial {
                 Some(p) => spectrum::read_matrices(p)?,
                 None => Vec::new(),
@@ -90,4 +96,70 @@ pub fn run(a: &AnalyzeArgs) -> Result<serde_json::Value, AnalysisError> {
             Ok(serde_json::json!({ "layers": out }))
         }
     }
+}
+
+/// `analyze attribution`: an expert of `--repo` against its recorded training set.
+fn attribution(a: &AnalyzeArgs) -> Result<serde_json::Value, AnalysisError> {
+    let need = |flag: &str| AnalysisError::invalid(flag, "required for attribution");
+    let repo = a.repo.as_ref().ok_or_else(|| need("--repo"))?;
+    let model = a.model.as_deref().ok_or_else(|| need("--model"))?;
+    let dir = offload_shared::repository::Repository::new(repo)
+        .version_dir(model, a.version.as_deref())
+        .map_err(|e| AnalysisError::invalid("--model", e.to_string()))?;
+    let params = AttributionParams {
+        kernel: enum_arg(&a.kernel, "--kernel", "pntk, trntk")?,
+        projection: a.projection,
+        l2: a.l2,
+        targets: enum_arg(&a.targets, "--targets", "network, labels")?,
+        max_train: a.max_train,
+        seed: a.seed,
+        ..AttributionParams::default()
+    };
+    let poison = a.poison_fraction.map(|fraction| PoisonParams {
+        fraction,
+        epochs: a.poison_epochs,
+        seed: a.seed,
+        ..PoisonParams::default()
+    });
+    let out = expert::run(
+        &dir,
+        None,
+        &params,
+        poison.as_ref(),
+        usize::MAX,
+        &super::Progress::default(),
+    )?;
+    if let (Some(path), expert::Outcome::Attribution(r)) = (&a.dump, &out) {
+        if let Some(arrays) = &r.arrays {
+            dump(path, arrays)?;
+        }
+    }
+    Ok(out.to_json())
+}
+
+/// Writes the attribution's arrays as JSON (for cross-checks against other tools).
+fn dump(path: &std::path::Path, a: &super::attribution::Arrays) -> Result<(), AnalysisError> {
+    let rows = |t: &tch::Tensor| -> Result<Vec<Vec<f64>>, AnalysisError> {
+        let t = t.to_kind(tch::Kind::Double);
+        Ok(Vec::<Vec<f64>>::try_from(&t)?)
+    };
+    let v = serde_json::json!({
+        "points": rows(&a.points)?,
+        "kernel": rows(&a.kernel)?,
+        "surrogate_query_proba": rows(&a.surrogate_query_proba)?,
+        "network_query_proba": rows(&a.network_query_proba)?,
+        "train_index": a.train_index,
+        "train_labels": a.train_labels,
+    });
+    std::fs::write(path, v.to_string()).map_err(|e| AnalysisError::invalid("--dump", e.to_string()))
+}
+
+/// A kebab/lowercase enum flag parsed by its serde name.
+fn enum_arg<T: serde::de::DeserializeOwned>(
+    v: &str,
+    flag: &str,
+    one_of: &str,
+) -> Result<T, AnalysisError> {
+    serde_json::from_value(serde_json::json!(v))
+        .map_err(|_| AnalysisError::invalid(flag, format!("one of {one_of}")))
 }

@@ -1,7 +1,8 @@
 //! Embedding and model analysis (issue 6; definitions in the project's spec, `analysis.md`):
-//! intrinsic dimension, sparse codes and weight spectra so far. Pure functions over [`Points`], used by the HTTP endpoints
+//! intrinsic dimension, stratification, sparse codes, weight spectra and data attribution. Pure functions over [`Points`], used by the HTTP endpoints
 //! (`serve/analysis.rs`) and by `cloud-expert analyze`.
 
+pub mod attribution;
 pub mod bench;
 pub mod cli;
 pub mod cluster;
@@ -19,6 +20,15 @@ mod svg;
 
 pub use points::Points;
 pub use progress::Progress;
+
+/// Serialises analyses that seed libtorch's process-wide generator (stratification, the
+/// poisoning check's training): two at once would interleave its stream and lose the
+/// determinism each promises for a seed. Hold the guard from `manual_seed` to the last draw.
+pub fn seeded_section() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Why an analysis could not run: each names the input or parameter at fault.
 #[derive(Debug, thiserror::Error)]

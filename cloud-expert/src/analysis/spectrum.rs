@@ -183,9 +183,38 @@ pub fn matrices_from_safetensors(path: &std::path::Path) -> Result<Vec<Matrix>, 
     Ok(out)
 }
 
-/// Layers from a file: every weight of a `.safetensors` file, or one `.npy` matrix named after
-/// the file.
+/// The update `Delta W = scale B A` of every adapted module of a PEFT-style adapter directory
+/// (LSR-Adapt factors expanded to B and A first), named `<base weight>.delta`, in name order.
+pub fn matrices_from_adapter(dir: &std::path::Path) -> Result<Vec<Matrix>, AnalysisError> {
+    use crate::llm::adapter::{Adapter, Update};
+    let adapter = Adapter::load(dir, tch::Device::Cpu)
+        .map_err(|e| AnalysisError::invalid("adapter", e.to_string()))?;
+    let _g = tch::no_grad_guard();
+    let mut out = Vec::new();
+    for (&(layer, module), update) in &adapter.updates {
+        let Update::Lora(u) = update.expanded() else {
+            unreachable!("expanded updates are LoRA factors")
+        };
+        let delta = u.b.f_matmul(&u.a)?.f_mul_scalar(u.scale)?;
+        let (rows, cols) = (delta.size()[0] as usize, delta.size()[1] as usize);
+        let data = Vec::<f32>::try_from(delta.to_kind(Kind::Float).flatten(0, -1))?;
+        out.push(Matrix::new(
+            format!("{}.delta", module.weight_name(layer)),
+            rows,
+            cols,
+            data,
+        )?);
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Layers from a file: every weight of a `.safetensors` file, one `.npy` matrix named after
+/// the file, or the updates of an adapter directory.
 pub fn read_matrices(path: &std::path::Path) -> Result<Vec<Matrix>, AnalysisError> {
+    if path.join("adapter_config.json").is_file() {
+        return matrices_from_adapter(path);
+    }
     if path.extension().is_some_and(|e| e == "safetensors") {
         return matrices_from_safetensors(path);
     }

@@ -63,6 +63,10 @@ pub struct StratifyParams {
     /// Scale every input dimension to unit variance before PCA (LLM hidden states have a few
     /// "massive activation" dimensions that otherwise dominate every distance).
     pub standardize: bool,
+    /// With labels: weight of a supervised term, the cross-entropy of a linear classifier on
+    /// the gate-weighted expert codes, added to the reconstruction loss (0: labels only give
+    /// purities).
+    pub label_weight: f64,
 }
 
 impl Default for StratifyParams {
@@ -81,6 +85,7 @@ impl Default for StratifyParams {
             kmeans_k: 5,
             return_gates: false,
             standardize: false,
+            label_weight: 0.0,
         }
     }
 }
@@ -141,6 +146,8 @@ pub struct StratifyReport {
     pub calinski_harabasz: f64,
     /// Share of samples whose expert's majority label is theirs (when labels were given).
     pub expert_label_purity: Option<f64>,
+    /// Training accuracy of the supervised term's classifier (with `label_weight` > 0).
+    pub label_accuracy: Option<f64>,
     /// n x K gates (when asked).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gates: Option<Vec<Vec<f64>>>,
@@ -255,6 +262,7 @@ pub fn stratify(
             format!("each must be in 1..={}", p.code_dim),
         ));
     }
+    let _seeded = super::seeded_section();
     tch::manual_seed(p.seed as i64);
     // PCA by the covariance's eigenvectors, in float64.
     let pca = p.pca_dim.min(d).min(n - 1);
@@ -339,6 +347,39 @@ pub fn stratify(
             1,
         )
     };
+    if !(p.label_weight >= 0.0 && p.label_weight.is_finite()) {
+        return Err(AnalysisError::invalid(
+            "label_weight",
+            "must be finite and >= 0",
+        ));
+    }
+    // Supervised term: labels mapped to 0..C in sorted order, a linear head on the mixed code.
+    let supervised = labels.filter(|_| p.label_weight > 0.0).map(|l| {
+        let mut classes: Vec<i64> = l.to_vec();
+        classes.sort_unstable();
+        classes.dedup();
+        let y: Vec<i64> = l
+            .iter()
+            .map(|v| classes.binary_search(v).unwrap_or(0) as i64)
+            .collect();
+        let head = nn::linear(
+            &root / "label_head",
+            cd,
+            classes.len() as i64,
+            Default::default(),
+        );
+        (Tensor::from_slice(&y), head)
+    });
+    let mixed_code = |x: &Tensor, g: &Tensor| {
+        let codes = Tensor::stack(
+            &experts
+                .iter()
+                .map(|e| e.code(x, p.layers))
+                .collect::<Vec<_>>(),
+            1,
+        );
+        (codes * g.unsqueeze(-1)).sum_dim_intlist(1, false, Kind::Float)
+    };
     let mut opt = nn::Adam::default()
         .build(&vs, p.lr)
         .map_err(AnalysisError::from)?;
@@ -353,10 +394,16 @@ pub fn stratify(
         while start < n as i64 {
             let idx = perm.narrow(0, start, bs.min(n as i64 - start));
             let xb = xs.index_select(0, &idx);
-            let loss = (gates(&xb) * errors(&xb))
+            let g = gates(&xb);
+            let mut loss = (&g * errors(&xb))
                 .sum_dim_intlist(-1, false, Kind::Float)
                 .mean(Kind::Float)
                 / pd as f64;
+            if let Some((y, head)) = &supervised {
+                let logits = nn::Module::forward(head, &mixed_code(&xb, &g));
+                loss = loss
+                    + logits.cross_entropy_for_logits(&y.index_select(0, &idx)) * p.label_weight;
+            }
             opt.backward_step(&loss);
             total += loss.double_value(&[]);
             batches += 1;
@@ -373,6 +420,15 @@ pub fn stratify(
     let xv: Vec<f64> = Vec::try_from(zs.flatten(0, -1))?;
     let mut report = statistics(&gv, &ev, &xv, n, pca, &sparsities, labels, p)?;
     report.loss_history = loss_history;
+    if let Some((y, head)) = &supervised {
+        let pred = nn::Module::forward(head, &mixed_code(&xs, &gates(&xs))).argmax(1, false);
+        report.label_accuracy = Some(
+            pred.eq_tensor(y)
+                .to_kind(Kind::Double)
+                .mean(Kind::Double)
+                .double_value(&[]),
+        );
+    }
     // Key cosine and subspace distances.
     let kn = &keys / keys.norm_scalaropt_dim(2, [1i64].as_slice(), true);
     report.key_cosine = matrix(&kn.mm(&kn.tr()).to_kind(Kind::Double), k)?;
@@ -541,6 +597,7 @@ fn statistics(
         davies_bouldin,
         calinski_harabasz,
         expert_label_purity,
+        label_accuracy: None,
         gates: p
             .return_gates
             .then(|| g.chunks(k).map(<[f64]>::to_vec).collect()),

@@ -247,6 +247,7 @@ pub async fn run(
                 name: l.base.clone(),
                 engine: l.engine.clone(),
                 tokenizer: l.tokenizer.clone(),
+                adapters: l.adapters.clone(),
             });
             let mut app = http::app(state.clone()).merge(analysis::router(
                 cfg.analysis,

@@ -128,3 +128,28 @@ fn bad_input_names_the_field() {
         .to_string();
     assert!(err.contains("embeddings") && err.contains("row 3"), "{err}");
 }
+
+#[test]
+fn labels_with_a_weight_train_a_supervised_head() {
+    // Without a weight no head is trained; with one, it learns the groups from the codes.
+    let (rows, groups) = three_strata(60);
+    let unsupervised = stratify(&rows, Some(&groups), &params(), &Progress::default()).unwrap();
+    assert_eq!(unsupervised.label_accuracy, None);
+    let p = StratifyParams {
+        label_weight: 1.0,
+        epochs: 30,
+        ..params()
+    };
+    let r = stratify(&rows, Some(&groups), &p, &Progress::default()).unwrap();
+    let acc = r.label_accuracy.unwrap();
+    assert!(acc > 0.95, "{acc}");
+    // The same seed gives the same run.
+    let again = stratify(&rows, Some(&groups), &p, &Progress::default()).unwrap();
+    assert_eq!(again.loss_history, r.loss_history);
+    let bad = StratifyParams {
+        label_weight: -1.0,
+        ..params()
+    };
+    let err = stratify(&rows, Some(&groups), &bad, &Progress::default()).unwrap_err();
+    assert!(err.to_string().starts_with("label_weight"), "{err}");
+}

@@ -8,6 +8,7 @@
 //! Long analyses run as jobs ([`jobs`]): `POST` answers 202 with the job id; the job shares
 //! the `max_concurrent` permits with synchronous requests (it waits for one, they do not).
 
+mod attribution;
 mod jobs;
 mod sparse;
 mod spectrum;
@@ -152,6 +153,10 @@ impl IntoResponse for AnalysisError {
     paths(
         intrinsic_dimension_route,
         spectrum::spectrum_route,
+        sparse::sparse_code_route,
+        stratify::stratify_route,
+        texts::embed_route,
+        attribution::attribution_route,
         job_route,
         cancel_job_route
     ),
@@ -182,7 +187,20 @@ impl IntoResponse for AnalysisError {
         crate::analysis::spectrum::LayerSpectrum,
         crate::analysis::spectrum::MpFit,
         crate::analysis::spectrum::Drift,
-        crate::analysis::powerlaw::PowerLawFit
+        crate::analysis::powerlaw::PowerLawFit,
+        attribution::AttributionRequest,
+        crate::analysis::attribution::AttributionParams,
+        crate::analysis::attribution::Targets,
+        crate::analysis::attribution::ntk::KernelKind,
+        crate::analysis::attribution::AttributionReport,
+        crate::analysis::attribution::KernelInfo,
+        crate::analysis::attribution::SurrogateInfo,
+        crate::analysis::attribution::QueryAttribution,
+        crate::analysis::attribution::Support,
+        crate::analysis::attribution::Suspicion,
+        crate::analysis::attribution::poison::PoisonParams,
+        crate::analysis::attribution::poison::PoisonReport,
+        crate::analysis::attribution::poison::PrecisionAtK
     ))
 )]
 struct ApiDoc;
@@ -214,6 +232,10 @@ pub fn router(
         .route("/v1/analysis/sparse-code", post(sparse::sparse_code_route))
         .route("/v1/analysis/embed", post(texts::embed_route))
         .route("/v1/analysis/stratify", post(stratify::stratify_route))
+        .route(
+            "/v1/analysis/attribution",
+            post(attribution::attribution_route),
+        )
         .route(
             "/v1/analysis/jobs/{id}",
             get(job_route).delete(cancel_job_route),

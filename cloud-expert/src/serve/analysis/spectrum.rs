@@ -45,8 +45,9 @@ pub struct SpectrumRequest {
     /// The same layers at initialisation (by name), for norm changes and spectral drift.
     #[serde(default)]
     pub initial: Vec<NamedMatrix>,
-    /// A served expert model (every weight layer of its expert), or the served LLM's id (every
-    /// 2-D weight of the LLM).
+    /// A served expert model (every weight layer of its expert), the served LLM's id (every
+    /// 2-D weight of the LLM), or one of its adapters (the update `scale B A` of every adapted
+    /// module).
     pub model: Option<String>,
     /// Its version (default: the newest served).
     pub version: Option<String>,
@@ -73,6 +74,8 @@ enum Source {
     Files(std::path::PathBuf, Option<std::path::PathBuf>),
     /// The served LLM's weights of two or more dimensions, fetched one at a time.
     Llm(super::texts::LlmHandle),
+    /// An adapter directory's updates.
+    Adapter(std::path::PathBuf),
 }
 
 fn matrices(list: Vec<NamedMatrix>, field: &str) -> Result<Vec<Matrix>, AnalysisError> {
@@ -102,6 +105,7 @@ fn run(
     let (layers, initial) = match source {
         Source::Llm(llm) => return run_llm(&llm, opts, progress),
         Source::Uploaded(m, i) => (m, i),
+        Source::Adapter(dir) => (spectrum::matrices_from_adapter(&dir)?, Vec::new()),
         Source::Files(path, init) => {
             let m = spectrum::matrices_from_safetensors(&path)?;
             let i = match init {
@@ -181,6 +185,25 @@ pub(super) async fn spectrum_route(
         seed: req.options.seed,
         svg: req.options.svg,
     };
+    let adapter = st.llm.as_ref().and_then(|l| {
+        l.adapters
+            .list()
+            .into_iter()
+            .find(|a| req.model.as_deref() == Some(a.name.as_str()))
+    });
+    if let Some(a) = adapter {
+        if !req.matrices.is_empty() || req.initial_version.is_some() {
+            return AnalysisError::invalid(
+                "model",
+                "an adapter's spectra take no matrices or initial_version",
+            )
+            .into_response();
+        }
+        let source = Source::Adapter(a.path);
+        return super::submit_job(&st, "spectrum", move |p: &Progress| {
+            run(source, &opts, p).map(|r| serde_json::to_value(r).unwrap_or_default())
+        });
+    }
     let llm = st
         .llm
         .clone()

@@ -22,7 +22,8 @@ pub struct StratifyRequest {
     /// How `texts` are embedded.
     #[serde(default)]
     pub embedding: super::texts::EmbedOptions,
-    /// Optional integer labels, one per row: only used to report purities.
+    /// Optional integer labels, one per row: purities, and the supervised term when
+    /// `params.label_weight` > 0.
     pub labels: Option<Vec<i64>>,
     /// Settings (all optional).
     #[serde(default)]

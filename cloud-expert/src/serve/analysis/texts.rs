@@ -16,6 +16,8 @@ pub struct LlmHandle {
     pub engine: Engine,
     /// Its tokenizer.
     pub tokenizer: Arc<Tokenizer>,
+    /// Its adapters (spectra of their updates).
+    pub adapters: Arc<crate::llm::adapters::AdapterRegistry>,
 }
 
 /// How texts are embedded (all optional).

@@ -255,6 +255,26 @@ pub fn post_json(url: &str, body: &str) -> (u16, serde_json::Value) {
     )
 }
 
+/// POSTs the JSON in `body` through a file in `dir` (large bodies exceed argv limits): the
+/// status and the parsed reply (Null if not JSON).
+pub fn post_json_file(dir: &Path, url: &str, body: &str) -> (u16, serde_json::Value) {
+    let f = dir.join("body.json");
+    std::fs::write(&f, body).unwrap();
+    let (code, text) = curl(&[
+        "-X",
+        "POST",
+        url,
+        "-H",
+        "content-type: application/json",
+        "--data-binary",
+        &format!("@{}", f.display()),
+    ]);
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
 /// Polls an analysis job (`GET {base}/v1/analysis/jobs/{id}`) until it ends; its final view.
 pub fn wait_job(base: &str, id: &str) -> serde_json::Value {
     let t0 = std::time::Instant::now();

@@ -5,25 +5,8 @@
 //! flipped-label check, limits and errors named with their field.
 
 use std::path::Path;
+use system_tests::post_json_file as post;
 use system_tests::{curl, digits_repo, python_check, run_ok, wait_job, CloudProcess};
-
-fn post(dir: &Path, url: &str, body: &str) -> (u16, serde_json::Value) {
-    let f = dir.join("body.json");
-    std::fs::write(&f, body).unwrap();
-    let (code, text) = curl(&[
-        "-X",
-        "POST",
-        url,
-        "-H",
-        "content-type: application/json",
-        "--data-binary",
-        &format!("@{}", f.display()),
-    ]);
-    (
-        code,
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
-    )
-}
 
 /// Submits an attribution job and waits for its final view.
 fn job(dir: &Path, base: &str, body: &str) -> serde_json::Value {

@@ -3,27 +3,8 @@
 //! expert's layers as a job with drift from its first version; job progress, cancellation
 //! and the job table; bad input named with its field.
 
-use std::path::Path;
+use system_tests::post_json_file as post;
 use system_tests::{bin, curl, digits_repo, python_check, run_ok, train, wait_job, CloudProcess};
-
-/// POSTs the JSON in `body` (through a file: bodies can exceed argv limits).
-fn post(dir: &Path, url: &str, body: &str) -> (u16, serde_json::Value) {
-    let f = dir.join("body.json");
-    std::fs::write(&f, body).unwrap();
-    let (code, text) = curl(&[
-        "-X",
-        "POST",
-        url,
-        "-H",
-        "content-type: application/json",
-        "--data-binary",
-        &format!("@{}", f.display()),
-    ]);
-    (
-        code,
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
-    )
-}
 
 fn get(url: &str) -> (u16, serde_json::Value) {
     let (code, text) = curl(&[url]);

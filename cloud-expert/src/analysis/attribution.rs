@@ -89,8 +89,8 @@ impl Default for AttributionParams {
             top_k: 5,
             top_suspicious: 20,
             max_train: None,
-            max_iter: 2000,
-            tol: 1e-7,
+            max_iter: 1000,
+            tol: 1e-6,
         }
     }
 }

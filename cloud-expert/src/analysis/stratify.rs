@@ -401,8 +401,7 @@ pub fn stratify(
                 / pd as f64;
             if let Some((y, head)) = &supervised {
                 let logits = nn::Module::forward(head, &mixed_code(&xb, &g));
-                loss = loss
-                    + logits.cross_entropy_for_logits(&y.index_select(0, &idx)) * p.label_weight;
+                loss += logits.cross_entropy_for_logits(&y.index_select(0, &idx)) * p.label_weight;
             }
             opt.backward_step(&loss);
             total += loss.double_value(&[]);

@@ -110,11 +110,12 @@ pub fn run() -> serde_json::Value {
     }
     let k = exact.expect("the first variant is exact");
     let probs = tch::no_grad(|| net.forward(&xt, None).softmax(-1, Kind::Double));
-    let (s, secs, grew) = measured(|| surrogate::fit(&k, &probs, 1e-3, 2000, 1e-7));
+    let (s, secs, grew) = measured(|| surrogate::fit(&k, &probs, 1e-3, 1000, 1e-6));
     let s = s.unwrap_or_else(|e| panic!("{e}"));
     println!(
-        "| surrogate (kernel logistic regression, L-BFGS) | {} iterations | {secs:.3} | {:.1} | - |",
+        "| surrogate (kernel logistic regression, L-BFGS) | {} iterations{} | {secs:.3} | {:.1} | - |",
         s.iterations,
+        if s.converged { "" } else { ", not converged" },
         grew as f64 / 1e6
     );
     rows.push(

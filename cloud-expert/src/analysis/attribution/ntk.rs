@@ -85,6 +85,9 @@ pub struct GradientKernel {
     pub method: &'static str,
 }
 
+/// Columns of float32 gradients widened to float64 at a time.
+const DENSE_COLUMNS: i64 = 4096;
+
 /// Rows per autograd pass on the factored path.
 const BLOCK: i64 = 1024;
 
@@ -116,11 +119,13 @@ pub fn gradient_kernel(
         .collect();
     let params = params.as_slice();
     let gradient_dim: usize = params.iter().map(|p| p.numel()).sum();
-    let feats = match (opts.per_sample, net.linear_trace(&x.narrow(0, 0, 1))) {
-        (false, Some(_)) => factored(net, x, opts, progress)?,
-        _ => per_sample(net, params, x, gradient_dim, opts, progress)?,
+    let (feats, method) = match (opts.per_sample, net.linear_trace(&x.narrow(0, 0, 1))) {
+        (false, Some(_)) => (factored(net, x, opts, progress)?, "factored"),
+        _ => (
+            per_sample(net, params, x, gradient_dim, opts, progress)?,
+            "per-sample",
+        ),
     };
-    let method = feats.method();
     let (mut k, diag) = feats.kernel(n_train as i64)?;
     if opts.normalize {
         let d = Tensor::from_slice(&diag).f_clamp_min(1e-300)?.f_sqrt()?;
@@ -141,18 +146,12 @@ enum Features {
     /// Per layer the inputs `A_l` `[n, in]`, per seed (1 or C) per layer the output gradients
     /// `D_l` `[n, out]`; float64.
     Factored { a: Vec<Tensor>, d: Vec<Vec<Tensor>> },
-    /// Per seed the gradient (or projected) vectors `[n, f]`, float64.
+    /// Per seed the gradient (or projected) vectors `[n, f]`, float32; products are taken in
+    /// float64 a block of columns at a time.
     Dense(Vec<Tensor>),
 }
 
 impl Features {
-    fn method(&self) -> &'static str {
-        match self {
-            Self::Factored { .. } => "factored",
-            Self::Dense(_) => "per-sample",
-        }
-    }
-
     /// `K[:, :n_train]` and the diagonal `K(x, x)`.
     fn kernel(&self, n_train: i64) -> Result<(Tensor, Vec<f64>), AnalysisError> {
         let (k, diag) = match self {
@@ -177,10 +176,20 @@ impl Features {
                 let n = g[0].size()[0];
                 let mut k = Tensor::zeros([n, n_train], (Kind::Double, tch::Device::Cpu));
                 let mut diag = Tensor::zeros([n], (Kind::Double, tch::Device::Cpu));
+                let width = g[0].size()[1];
                 for gs in g {
-                    k = k.f_add(&gs.f_mm(&gs.narrow(0, 0, n_train).f_tr()?)?)?;
-                    diag =
-                        diag.f_add(&gs.f_square()?.f_sum_dim_intlist(1, false, Kind::Double)?)?;
+                    let mut c = 0;
+                    while c < width {
+                        let cols = DENSE_COLUMNS.min(width - c);
+                        let part = gs.narrow(1, c, cols).to_kind(Kind::Double);
+                        k = k.f_add(&part.f_mm(&part.narrow(0, 0, n_train).f_tr()?)?)?;
+                        diag = diag.f_add(&part.f_square()?.f_sum_dim_intlist(
+                            1,
+                            false,
+                            Kind::Double,
+                        )?)?;
+                        c += cols;
+                    }
                 }
                 (k, diag)
             }
@@ -295,9 +304,7 @@ fn project_factored(
         }
         progress.step()?;
     }
-    Ok(Features::Dense(
-        z.into_iter().map(|t| t.to_kind(Kind::Double)).collect(),
-    ))
+    Ok(Features::Dense(z))
 }
 
 /// A `[rows, p]` float32 matrix of `+-1/sqrt(p)`, fully determined by `(seed, chunk)`.
@@ -350,7 +357,10 @@ fn per_sample(
             opts.max_gradient_values
         )));
     }
-    let mut rows: Vec<Vec<Tensor>> = (0..n_seeds).map(|_| Vec::with_capacity(n)).collect();
+    // One float32 buffer per seed, filled row by row (no per-row tensors kept alive).
+    let rows: Vec<Tensor> = (0..n_seeds)
+        .map(|_| Tensor::zeros([n as i64, width as i64], (Kind::Float, tch::Device::Cpu)))
+        .collect();
     progress.plan(n);
     for i in 0..n {
         let logits = net.forward(&x.narrow(0, i as i64, 1), None);
@@ -360,16 +370,13 @@ fn per_sample(
             let grads = Tensor::f_run_backward(&[seed], params, s < last, false)?;
             let flat: Vec<Tensor> = grads.iter().map(|g| g.reshape([-1])).collect();
             let g = Tensor::cat(&flat, 0).unsqueeze(0);
-            rows[s].push(match &proj {
+            let row = match &proj {
                 Some(r) => g.f_mm(r)?,
                 None => g,
-            });
+            };
+            rows[s].narrow(0, i as i64, 1).copy_(&row);
         }
         progress.step()?;
     }
-    Ok(Features::Dense(
-        rows.iter()
-            .map(|r| Tensor::cat(r, 0).to_kind(Kind::Double))
-            .collect(),
-    ))
+    Ok(Features::Dense(rows))
 }

@@ -140,6 +140,9 @@ pub struct AnalyzeArgs {
     /// Attribution: fit the surrogate to `network` probabilities or `labels`.
     #[arg(long, default_value = "network")]
     pub targets: String,
+    /// Attribution: L-BFGS stops when every gradient entry of the surrogate is below this.
+    #[arg(long, default_value_t = 1e-6)]
+    pub surrogate_tol: f64,
     /// Attribution: at most this many training points (seeded subsample).
     #[arg(long)]
     pub max_train: Option<usize>,

@@ -39,6 +39,8 @@ fn attribution_matches_torch_func_and_scikit_learn_and_runs_as_a_job() {
         "labels",
         "--l2",
         "0.001",
+        "--surrogate-tol",
+        "1e-9",
         "--dump",
         &pd,
         "--json",

@@ -113,6 +113,7 @@ fn attribution(a: &AnalyzeArgs) -> Result<serde_json::Value, AnalysisError> {
         targets: enum_arg(&a.targets, "--targets", "network, labels")?,
         max_train: a.max_train,
         seed: a.seed,
+        tol: a.surrogate_tol,
         ..AttributionParams::default()
     };
     let poison = a.poison_fraction.map(|fraction| PoisonParams {

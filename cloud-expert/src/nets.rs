@@ -216,6 +216,17 @@ fn export_linear(g: &mut GraphBuilder, x: &str, l: &nn::Linear) -> Result<String
     Ok(g.linear(x, &w, &b, in_dim))
 }
 
+/// Class probabilities from a network's raw outputs `[N, K]`: the softmax of the logits, or, for
+/// one binary score `s` (`single_score`), the pair `[1 - p, p]` with `p = sigmoid(2 s)`.
+pub fn class_probs(raw: &Tensor, single_score: bool) -> Result<Tensor, tch::TchError> {
+    if single_score {
+        let p1 = (raw.f_squeeze_dim(1)? * 2.0).f_sigmoid()?;
+        Tensor::f_stack(&[p1.ones_like() - &p1, p1], 1)
+    } else {
+        raw.f_softmax(-1, tch::Kind::Float)
+    }
+}
+
 /// Copies a tensor's values out (row-major).
 pub fn to_vec(t: &Tensor) -> Result<Vec<f32>, tch::TchError> {
     Vec::<f32>::try_from(&t.detach().to_device(tch::Device::Cpu).contiguous().view(-1))

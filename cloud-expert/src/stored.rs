@@ -144,13 +144,7 @@ impl LoadedExpert {
         let d = self.feature_len() as i64;
         let out = tch::no_grad(|| -> Result<tch::Tensor, tch::TchError> {
             let t = tch::Tensor::f_from_slice(x)?.f_view([n as i64, d])?;
-            let raw = self.net.forward(&t, None);
-            Ok(if self.meta.single_score {
-                let p1 = (raw.f_squeeze_dim(1)? * 2.0).f_sigmoid()?;
-                tch::Tensor::f_stack(&[p1.ones_like() - &p1, p1], 1)?
-            } else {
-                raw.f_softmax(-1, tch::Kind::Float)?
-            })
+            crate::nets::class_probs(&self.net.forward(&t, None), self.meta.single_score)
         })
         .map_err(|e| e.to_string())?;
         crate::nets::to_vec(&out).map_err(|e| e.to_string())

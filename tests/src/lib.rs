@@ -240,15 +240,14 @@ pub fn curl(args: &[&str]) -> (u16, String) {
 
 /// POSTs a JSON `body` with curl: the status and the parsed reply (Null if not JSON).
 pub fn post_json(url: &str, body: &str) -> (u16, serde_json::Value) {
-    let (code, text) = curl(&[
-        "-X",
-        "POST",
-        url,
-        "-H",
-        "content-type: application/json",
-        "-d",
-        body,
-    ]);
+    post_with(url, &["-d", body])
+}
+
+/// POSTs JSON with curl's `data` arguments: the status and the parsed reply (Null if not JSON).
+fn post_with(url: &str, data: &[&str]) -> (u16, serde_json::Value) {
+    let mut args = vec!["-X", "POST", url, "-H", "content-type: application/json"];
+    args.extend_from_slice(data);
+    let (code, text) = curl(&args);
     (
         code,
         serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
@@ -260,19 +259,7 @@ pub fn post_json(url: &str, body: &str) -> (u16, serde_json::Value) {
 pub fn post_json_file(dir: &Path, url: &str, body: &str) -> (u16, serde_json::Value) {
     let f = dir.join("body.json");
     std::fs::write(&f, body).unwrap();
-    let (code, text) = curl(&[
-        "-X",
-        "POST",
-        url,
-        "-H",
-        "content-type: application/json",
-        "--data-binary",
-        &format!("@{}", f.display()),
-    ]);
-    (
-        code,
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
-    )
+    post_with(url, &["--data-binary", &format!("@{}", f.display())])
 }
 
 /// Polls an analysis job (`GET {base}/v1/analysis/jobs/{id}`) until it ends; its final view.

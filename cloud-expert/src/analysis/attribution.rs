@@ -109,16 +109,10 @@ pub struct Network<'a> {
 
 impl Network<'_> {
     /// Class probabilities `[n, classes]` float64.
-    pub fn probs(&self, x: &Tensor) -> Tensor {
+    pub fn probs(&self, x: &Tensor) -> Result<Tensor, AnalysisError> {
         tch::no_grad(|| {
             let raw = self.net.forward(x, None);
-            let p = if self.single_score {
-                let p1 = (raw.squeeze_dim(1) * 2.0).sigmoid();
-                Tensor::stack(&[p1.ones_like() - &p1, p1], 1)
-            } else {
-                raw.softmax(-1, Kind::Float)
-            };
-            p.to_kind(Kind::Double)
+            Ok(crate::nets::class_probs(&raw, self.single_score)?.to_kind(Kind::Double))
         })
     }
 }
@@ -288,12 +282,12 @@ pub fn attribute(
     let t0 = Instant::now();
     let kern = ntk::gradient_kernel(network.net, &network.params, &x, n, &opts, progress)?;
     let kernel_seconds = t0.elapsed().as_secs_f64();
-    let probs = network.probs(&x);
+    let probs = network.probs(&x)?;
     let c = network.num_classes as i64;
     let train_labels: Vec<u32> = keep.iter().map(|&i| labels[i]).collect();
     let targets = match p.targets {
         Targets::Network => probs.narrow(0, 0, n as i64),
-        Targets::Labels => poison::labels_tensor(&train_labels)
+        Targets::Labels => labels_tensor(&train_labels)
             .one_hot(c)
             .to_kind(Kind::Double),
     };
@@ -380,7 +374,7 @@ pub fn attribute(
         .collect();
     let own: Vec<f64> = Vec::try_from(
         &sp_train
-            .gather(1, &poison::labels_tensor(&train_labels).unsqueeze(1), false)
+            .gather(1, &labels_tensor(&train_labels).unsqueeze(1), false)
             .view([-1]),
     )?;
     let all_suspicion: Vec<(usize, f64)> = (0..n)
@@ -431,6 +425,12 @@ pub fn attribute(
             train_labels,
         }),
     })
+}
+
+/// Class indices as an int64 tensor.
+pub fn labels_tensor(y: &[u32]) -> Tensor {
+    let v: Vec<i64> = y.iter().map(|&c| i64::from(c)).collect();
+    Tensor::from_slice(&v)
 }
 
 /// Indices kept of `n` points: all, or a seeded sorted subsample of `max`.

@@ -30,8 +30,7 @@ pub fn run(a: &AnalyzeArgs) -> Result<serde_json::Value, AnalysisError> {
             if let Some(d) = &a.dictionary {
                 return omp::report(&signals, &Points::read_file(d)?, a.sparsity);
             }
-            let method: dictlearn::Method = serde_json::from_value(serde_json::json!(a.method))
-                .map_err(|_| AnalysisError::invalid("--method", "one of ksvd, mod, online"))?;
+            let method: dictlearn::Method = enum_arg(&a.method, "--method", "ksvd, mod, online")?;
             let params = dictlearn::LearnParams {
                 method,
                 atoms: a.atoms,

@@ -5,6 +5,7 @@
 //! (between / within dispersion, times (n - k) / (k - 1)). Distances are Euclidean, in f64.
 
 use super::AnalysisError;
+use offload_shared::rng::SplitMix64;
 
 /// A clustering.
 #[derive(Debug, Clone)]
@@ -19,18 +20,6 @@ pub struct KMeans {
 
 fn dist2(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn uniform(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 /// KMeans of the rows of `x` (n x d) into `k` clusters; deterministic given `seed`.
@@ -48,7 +37,7 @@ pub fn kmeans(
             format!("must be in 2..={n} (the points)"),
         ));
     }
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut best: Option<KMeans> = None;
     for _ in 0..n_init.max(1) {
         let run = lloyd(x, d, k, &mut rng);
@@ -59,16 +48,16 @@ pub fn kmeans(
     best.ok_or_else(|| AnalysisError::Compute("kmeans: no run".into()))
 }
 
-fn lloyd(x: &[f64], d: usize, k: usize, rng: &mut Rng) -> KMeans {
+fn lloyd(x: &[f64], d: usize, k: usize, rng: &mut SplitMix64) -> KMeans {
     let n = x.len() / d;
     let row = |i: usize| &x[i * d..(i + 1) * d];
     // k-means++ seeding.
     let mut c = Vec::with_capacity(k * d);
-    c.extend_from_slice(row((rng.uniform() * n as f64) as usize % n));
+    c.extend_from_slice(row((rng.next_f64() * n as f64) as usize % n));
     let mut near: Vec<f64> = (0..n).map(|i| dist2(row(i), &c[..d])).collect();
     while c.len() < k * d {
         let total: f64 = near.iter().sum();
-        let mut t = rng.uniform() * total;
+        let mut t = rng.next_f64() * total;
         let mut pick = n - 1;
         for (i, w) in near.iter().enumerate() {
             t -= w;

@@ -188,16 +188,9 @@ pub fn learn(
     Ok(out)
 }
 
-/// MOD: least-squares dictionary for fixed codes, then unit rows.
-fn mod_update(
-    dict: &mut [f64],
-    m: usize,
-    c: usize,
-    h: &[f64],
-    codes: &Codes,
-) -> Result<(), AnalysisError> {
-    let mut a = vec![0f64; m * m];
-    let mut b = vec![0f64; m * c];
+/// Adds the codes' statistics of signals `h` (rows of `c`): `A += sum_i g_i g_i^T` (M x M)
+/// and `B += sum_i g_i h_i^T` (M x C), both row-major, over each code's non-zeros only.
+fn accumulate(a: &mut [f64], b: &mut [f64], m: usize, c: usize, h: &[f64], codes: &Codes) {
     for (i, code) in codes.atoms.iter().enumerate() {
         let hi = &h[i * c..(i + 1) * c];
         for &(k, g) in code {
@@ -210,6 +203,19 @@ fn mod_update(
                 .for_each(|(x, y)| *x += g * y);
         }
     }
+}
+
+/// MOD: least-squares dictionary for fixed codes, then unit rows.
+fn mod_update(
+    dict: &mut [f64],
+    m: usize,
+    c: usize,
+    h: &[f64],
+    codes: &Codes,
+) -> Result<(), AnalysisError> {
+    let mut a = vec![0f64; m * m];
+    let mut b = vec![0f64; m * c];
+    accumulate(&mut a, &mut b, m, c, h, codes);
     for k in 0..m {
         a[k * m + k] += 1e-10;
     }
@@ -355,18 +361,7 @@ fn online_pass(
             .collect();
         let codes = encode(dict, m, c, &hb, s)?;
         se += squared_error(dict, c, &hb, &codes);
-        for (j, code) in codes.atoms.iter().enumerate() {
-            let hi = &hb[j * c..(j + 1) * c];
-            for &(k, g) in code {
-                for &(l, gl) in code {
-                    a[k * m + l] += g * gl;
-                }
-                b[k * c..(k + 1) * c]
-                    .iter_mut()
-                    .zip(hi)
-                    .for_each(|(x, y)| *x += g * y);
-            }
-        }
+        accumulate(&mut a, &mut b, m, c, &hb, &codes);
         for j in 0..m {
             let ajj = a[j * m + j];
             if ajj < 1e-12 {

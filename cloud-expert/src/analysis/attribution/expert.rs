@@ -128,29 +128,16 @@ pub fn run(
         features: splits.train.features(),
         labels: Some(splits.train.labels()),
     };
-    let report = match &queries {
-        Some(q) => attribute(
-            &network,
-            &train,
-            &PointSet {
-                features: &q.features,
-                labels: q.labels.as_deref(),
-            },
-            d,
-            params,
-            progress,
-        ),
-        None => attribute(
-            &network,
-            &train,
-            &PointSet {
-                features: splits.test.features(),
-                labels: Some(splits.test.labels()),
-            },
-            d,
-            params,
-            progress,
-        ),
+    let query_set = match &queries {
+        Some(q) => PointSet {
+            features: &q.features,
+            labels: q.labels.as_deref(),
+        },
+        None => PointSet {
+            features: splits.test.features(),
+            labels: Some(splits.test.labels()),
+        },
     };
-    report.map(|r| Outcome::Attribution(Box::new(r)))
+    attribute(&network, &train, &query_set, d, params, progress)
+        .map(|r| Outcome::Attribution(Box::new(r)))
 }

@@ -4,7 +4,7 @@
 //! points come first (precision at k, k = the number flipped), beside the network's own loss
 //! on the given label (a standard mislabel detector) and chance (= the fraction).
 
-use super::{attribute, AttributionParams, AttributionReport, Network, PointSet};
+use super::{attribute, labels_tensor, AttributionParams, AttributionReport, Network, PointSet};
 use crate::analysis::{AnalysisError, Progress};
 use crate::nets::{normalization_from, Net, NetSpec};
 use offload_shared::repository::Arch;
@@ -125,7 +125,7 @@ pub fn poison_check(
         single_score: false,
         num_classes,
     };
-    let probs = network.probs(&x);
+    let probs = network.probs(&x)?;
     let pred: Vec<i64> = Vec::try_from(&probs.argmax(1, false))?;
     let frac = |sel: &dyn Fn(usize) -> bool| {
         let (hit, all) = (0..n)
@@ -138,7 +138,7 @@ pub fn poison_check(
     let train_accuracy_given = frac(&|_| true);
     let flipped_memorised = frac(&|i| flipped[i]);
     let tx = Tensor::from_slice(test_x).view([test_y.len() as i64, d as i64]);
-    let test_pred: Vec<i64> = Vec::try_from(&network.probs(&tx).argmax(1, false))?;
+    let test_pred: Vec<i64> = Vec::try_from(&network.probs(&tx)?.argmax(1, false))?;
     let test_accuracy = test_pred
         .iter()
         .zip(test_y)
@@ -236,10 +236,4 @@ pub fn train_classifier(
         progress.step()?;
     }
     Ok((vs, net))
-}
-
-/// Class indices as an int64 tensor.
-pub fn labels_tensor(y: &[u32]) -> Tensor {
-    let v: Vec<i64> = y.iter().map(|&c| i64::from(c)).collect();
-    Tensor::from_slice(&v)
 }

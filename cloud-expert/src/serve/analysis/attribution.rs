@@ -52,9 +52,9 @@ pub(super) async fn attribution_route(
     State(st): State<Arc<AnalysisState>>,
     body: axum::body::Bytes,
 ) -> Response {
-    let req: AttributionRequest = match serde_json::from_slice(&body) {
+    let req: AttributionRequest = match super::json_body(&body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, format!("body: {e}"), None),
+        Err(r) => return *r,
     };
     let Some(registry) = st.registry.as_ref() else {
         return error(

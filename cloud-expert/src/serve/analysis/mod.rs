@@ -245,6 +245,18 @@ pub fn router(
         .with_state(state)
 }
 
+/// A JSON request body, or the 422 that names what is wrong with it (boxed: a response is
+/// large).
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("body: {e}"),
+            None,
+        ))
+    })
+}
+
 /// Checks a request's size against the limits.
 fn check_size(points: usize, values: usize, l: &AnalysisLimits) -> Result<(), AnalysisError> {
     if points > l.max_points {
@@ -388,9 +400,9 @@ async fn intrinsic_dimension_route(
         .and_then(|v| v.to_str().ok())
         .is_none_or(|v| v.starts_with("application/json"));
     let input = if json {
-        let req: IdRequest = match serde_json::from_slice(&body) {
+        let req: IdRequest = match json_body(&body) {
             Ok(r) => r,
-            Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, format!("body: {e}"), None),
+            Err(r) => return *r,
         };
         if let Err(e) = check_size(
             req.embeddings.len(),

@@ -2,11 +2,10 @@
 //! dictionary (200), or over a dictionary learned from the signals (K-SVD, MOD or online;
 //! always a job, 202). Reports reconstruction MSE, atom usage, its perplexity and dead atoms.
 
-use super::{error, AnalysisState, ErrorBody};
+use super::{AnalysisState, ErrorBody};
 use crate::analysis::dictlearn::{self, LearnParams};
 use crate::analysis::{omp, AnalysisError, Points, Progress};
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
@@ -56,9 +55,9 @@ pub(super) async fn sparse_code_route(
     State(st): State<Arc<AnalysisState>>,
     body: axum::body::Bytes,
 ) -> Response {
-    let req: SparseCodeRequest = match serde_json::from_slice(&body) {
+    let req: SparseCodeRequest = match super::json_body(&body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, format!("body: {e}"), None),
+        Err(r) => return *r,
     };
     let values: usize = req
         .signals

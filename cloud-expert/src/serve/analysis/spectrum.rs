@@ -175,9 +175,9 @@ pub(super) async fn spectrum_route(
     State(st): State<Arc<AnalysisState>>,
     body: axum::body::Bytes,
 ) -> Response {
-    let req: SpectrumRequest = match serde_json::from_slice(&body) {
+    let req: SpectrumRequest = match super::json_body(&body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, format!("body: {e}"), None),
+        Err(r) => return *r,
     };
     let opts = SpectrumOptions {
         eigenvalues: req.options.eigenvalues,
@@ -185,39 +185,28 @@ pub(super) async fn spectrum_route(
         seed: req.options.seed,
         svg: req.options.svg,
     };
-    let adapter = st.llm.as_ref().and_then(|l| {
+    // The served LLM, or one of its adapters, by name.
+    let llm_source = st.llm.as_ref().and_then(|l| {
+        let model = req.model.as_deref()?;
+        if model == l.name {
+            return Some((Source::Llm(l.clone()), "the LLM's"));
+        }
         l.adapters
             .list()
             .into_iter()
-            .find(|a| req.model.as_deref() == Some(a.name.as_str()))
+            .find(|a| a.name == model)
+            .map(|a| (Source::Adapter(a.path), "an adapter's"))
     });
-    if let Some(a) = adapter {
-        if !req.matrices.is_empty() || req.initial_version.is_some() {
-            return AnalysisError::invalid(
-                "model",
-                "an adapter's spectra take no matrices or initial_version",
-            )
-            .into_response();
-        }
-        let source = Source::Adapter(a.path);
-        return super::submit_job(&st, "spectrum", move |p: &Progress| {
-            run(source, &opts, p).map(|r| serde_json::to_value(r).unwrap_or_default())
-        });
-    }
-    let llm = st
-        .llm
-        .clone()
-        .filter(|l| req.model.as_deref() == Some(l.name.as_str()));
-    let (source, job) = match (&req.model, llm) {
-        (Some(_), Some(llm)) => {
+    let (source, job) = match (&req.model, llm_source) {
+        (Some(_), Some((source, what))) => {
             if !req.matrices.is_empty() || req.initial_version.is_some() {
                 return AnalysisError::invalid(
                     "model",
-                    "the LLM's spectra take no matrices or initial_version",
+                    format!("{what} spectra take no matrices or initial_version"),
                 )
                 .into_response();
             }
-            (Source::Llm(llm), true)
+            (source, true)
         }
         (Some(model), None) => {
             if !req.matrices.is_empty() {

@@ -5,7 +5,6 @@ use super::{AnalysisState, ErrorBody};
 use crate::analysis::stratify::{stratify, StratifyParams};
 use crate::analysis::{AnalysisError, Progress};
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
@@ -49,11 +48,9 @@ pub(super) async fn stratify_route(
     State(st): State<Arc<AnalysisState>>,
     body: axum::body::Bytes,
 ) -> Response {
-    let req: StratifyRequest = match serde_json::from_slice(&body) {
+    let req: StratifyRequest = match super::json_body(&body) {
         Ok(r) => r,
-        Err(e) => {
-            return super::error(StatusCode::UNPROCESSABLE_ENTITY, format!("body: {e}"), None)
-        }
+        Err(r) => return *r,
     };
     let values = req.embeddings.iter().map(Vec::len).sum();
     if let Err(e) = super::check_size(req.embeddings.len(), values, &st.limits) {

@@ -134,15 +134,9 @@ pub(super) async fn embed_route(
     body: axum::body::Bytes,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let req: EmbedRequest = match serde_json::from_slice(&body) {
+    let req: EmbedRequest = match super::json_body(&body) {
         Ok(r) => r,
-        Err(e) => {
-            return super::error(
-                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-                format!("body: {e}"),
-                None,
-            )
-        }
+        Err(r) => return *r,
     };
     if let Err(e) = super::check_size(req.texts.len(), 0, &st.limits) {
         return e.into_response();

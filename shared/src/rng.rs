@@ -35,6 +35,13 @@ impl SplitMix64 {
         (self.next_f64() * n as f64) as usize % n.max(1)
     }
 
+    /// Standard normal (Box-Muller on two uniform draws; the first is kept off 0).
+    pub fn normal(&mut self) -> f64 {
+        let u = ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        let v = self.next_f64();
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+
     /// Fisher-Yates shuffle in place.
     pub fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {

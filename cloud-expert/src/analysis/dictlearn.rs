@@ -15,6 +15,7 @@
 
 use super::omp::{encode, squared_error, Codes};
 use super::{AnalysisError, Progress};
+use offload_shared::rng::SplitMix64;
 
 /// The dictionary update.
 #[derive(
@@ -72,27 +73,11 @@ pub struct Learned {
     pub replaced: usize,
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn normal(&mut self) -> f64 {
-        let u = ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        let v = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-
-    fn shuffle(&mut self, v: &mut [usize]) {
-        for i in (1..v.len()).rev() {
-            v.swap(i, (self.next() % (i as u64 + 1)) as usize);
-        }
+/// Fisher-Yates with `next_u64() % (i + 1)` (this module's established stream; the shared
+/// `SplitMix64::shuffle` draws indices differently).
+fn shuffle(rng: &mut SplitMix64, v: &mut [usize]) {
+    for i in (1..v.len()).rev() {
+        v.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
     }
 }
 
@@ -134,10 +119,10 @@ pub fn learn(
             "must be positive",
         ));
     }
-    let mut rng = Rng(p.seed);
+    let mut rng = SplitMix64::new(p.seed);
     let mut dict = vec![0f64; m * c];
     let mut order: Vec<usize> = (0..n).collect();
-    rng.shuffle(&mut order);
+    shuffle(&mut rng, &mut order);
     let mut taken = order
         .iter()
         .copied()
@@ -344,12 +329,12 @@ fn online_pass(
     h: &[f64],
     s: usize,
     batch: usize,
-    rng: &mut Rng,
+    rng: &mut SplitMix64,
     progress: &Progress,
 ) -> Result<(f64, usize), AnalysisError> {
     let n = h.len() / c;
     let mut order: Vec<usize> = (0..n).collect();
-    rng.shuffle(&mut order);
+    shuffle(rng, &mut order);
     let mut a = vec![0f64; m * m];
     let mut b = vec![0f64; m * c];
     let (mut se, mut replaced) = (0.0, 0);

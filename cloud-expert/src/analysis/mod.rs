@@ -21,9 +21,9 @@ mod svg;
 pub use points::Points;
 pub use progress::Progress;
 
-/// Serialises analyses that seed libtorch's process-wide generator (stratification, the
-/// poisoning check's training): two at once would interleave its stream and lose the
-/// determinism each promises for a seed. Hold the guard from `manual_seed` to the last draw.
+/// Serialises analyses that seed libtorch's process-wide generator (the poisoning check's
+/// network initialisation): two at once would interleave its stream. Hold the guard from
+/// `manual_seed` to the last draw. (Stratification draws from its own SplitMix64 instead.)
 pub fn seeded_section() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock()

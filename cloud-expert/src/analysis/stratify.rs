@@ -24,10 +24,12 @@
 //!   0.75), size and sparsity-weighted complexity (mean sparsity of its samples' experts);
 //!   silhouette, Davies-Bouldin and Calinski-Harabasz scores of the strata.
 //!
-//! Deterministic given the seed (libtorch's generator is seeded; the KMeans seed is derived).
+//! Deterministic given the seed: initialisation and batch order come from the project's
+//! SplitMix64, never libtorch's process-wide generator; the KMeans seed is derived.
 
 use super::cluster;
 use super::{AnalysisError, Points, Progress};
+use offload_shared::rng::SplitMix64;
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
@@ -153,6 +155,13 @@ pub struct StratifyReport {
     pub gates: Option<Vec<Vec<f64>>>,
 }
 
+/// A float32 tensor of `shape` with N(0, std^2) entries drawn from `rng`.
+fn gaussian(shape: &[i64], std: f64, rng: &mut SplitMix64) -> Tensor {
+    let n: i64 = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| (rng.normal() * std) as f32).collect();
+    Tensor::from_slice(&v).view(shape)
+}
+
 /// Straight-through top-k by magnitude along the last dimension.
 fn topk_st(z: &Tensor, s: i64) -> Tensor {
     let idx = z.abs().topk(s, -1, true, false).1;
@@ -262,8 +271,9 @@ pub fn stratify(
             format!("each must be in 1..={}", p.code_dim),
         ));
     }
-    let _seeded = super::seeded_section();
-    tch::manual_seed(p.seed as i64);
+    // Every random draw comes from this generator, not libtorch's process-wide one, so a run
+    // depends on its seed alone, whatever else runs in the process.
+    let mut rng = SplitMix64::new(p.seed);
     // PCA by the covariance's eigenvectors, in float64.
     let pca = p.pca_dim.min(d).min(n - 1);
     let mut xd = Tensor::from_slice(&v).view([n as i64, d as i64]);
@@ -292,49 +302,26 @@ pub fn stratify(
         .iter()
         .enumerate()
         .map(|(e, &s)| Expert {
-            w: root.var(
+            w: root.var_copy(
                 &format!("w{e}"),
-                &[pd, cd],
-                nn::Init::Randn {
-                    mean: 0.0,
-                    stdev: (1.0 / pd as f64).sqrt(),
-                },
+                &gaussian(&[pd, cd], (1.0 / pd as f64).sqrt(), &mut rng),
             ),
-            s: root.var(
+            s: root.var_copy(
                 &format!("s{e}"),
-                &[cd, cd],
-                nn::Init::Randn {
-                    mean: 0.0,
-                    stdev: 0.1 / (cd as f64).sqrt(),
-                },
+                &gaussian(&[cd, cd], 0.1 / (cd as f64).sqrt(), &mut rng),
             ),
-            dict: root.var(
+            dict: root.var_copy(
                 &format!("d{e}"),
-                &[pd, cd],
-                nn::Init::Randn {
-                    mean: 0.0,
-                    stdev: (1.0 / cd as f64).sqrt(),
-                },
+                &gaussian(&[pd, cd], (1.0 / cd as f64).sqrt(), &mut rng),
             ),
             sparsity: s as i64,
         })
         .collect();
-    let wq = root.var(
+    let wq = root.var_copy(
         "wq",
-        &[pd, gd],
-        nn::Init::Randn {
-            mean: 0.0,
-            stdev: (1.0 / pd as f64).sqrt(),
-        },
+        &gaussian(&[pd, gd], (1.0 / pd as f64).sqrt(), &mut rng),
     );
-    let keys = root.var(
-        "keys",
-        &[k as i64, gd],
-        nn::Init::Randn {
-            mean: 0.0,
-            stdev: 1.0,
-        },
-    );
+    let keys = root.var_copy("keys", &gaussian(&[k as i64, gd], 1.0, &mut rng));
     let gates = |x: &Tensor| {
         (x.matmul(&wq).matmul(&keys.tr()) / (gd as f64).sqrt()).softmax(-1, Kind::Float)
     };
@@ -362,11 +349,13 @@ pub fn stratify(
             .iter()
             .map(|v| classes.binary_search(v).unwrap_or(0) as i64)
             .collect();
-        let head = nn::linear(
-            &root / "label_head",
-            cd,
-            classes.len() as i64,
-            Default::default(),
+        let c = classes.len() as i64;
+        let head = (
+            root.var_copy(
+                "label_head_weight",
+                &gaussian(&[cd, c], 1.0 / (cd as f64).sqrt(), &mut rng),
+            ),
+            root.zeros("label_head_bias", &[c]),
         );
         (Tensor::from_slice(&y), head)
     });
@@ -388,7 +377,9 @@ pub fn stratify(
     let bs = p.batch_size.min(n) as i64;
     for _ in 0..p.epochs {
         progress.check()?;
-        let perm = Tensor::randperm(n as i64, (Kind::Int64, Device::Cpu));
+        let mut order: Vec<i64> = (0..n as i64).collect();
+        rng.shuffle(&mut order);
+        let perm = Tensor::from_slice(&order);
         let (mut total, mut batches) = (0.0, 0);
         let mut start = 0;
         while start < n as i64 {
@@ -400,7 +391,7 @@ pub fn stratify(
                 .mean(Kind::Float)
                 / pd as f64;
             if let Some((y, head)) = &supervised {
-                let logits = nn::Module::forward(head, &mixed_code(&xb, &g));
+                let logits = mixed_code(&xb, &g).matmul(&head.0) + &head.1;
                 loss += logits.cross_entropy_for_logits(&y.index_select(0, &idx)) * p.label_weight;
             }
             opt.backward_step(&loss);
@@ -420,7 +411,7 @@ pub fn stratify(
     let mut report = statistics(&gv, &ev, &xv, n, pca, &sparsities, labels, p)?;
     report.loss_history = loss_history;
     if let Some((y, head)) = &supervised {
-        let pred = nn::Module::forward(head, &mixed_code(&xs, &gates(&xs))).argmax(1, false);
+        let pred = (mixed_code(&xs, &gates(&xs)).matmul(&head.0) + &head.1).argmax(1, false);
         report.label_accuracy = Some(
             pred.eq_tensor(y)
                 .to_kind(Kind::Double)

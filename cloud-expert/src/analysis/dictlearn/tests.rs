@@ -2,7 +2,7 @@ use super::*;
 
 /// Signals from a planted unit-norm dictionary: (dictionary, signals).
 fn planted(m: usize, c: usize, s: usize, n: usize, noise: f64, seed: u64) -> (Vec<f64>, Vec<f64>) {
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut d: Vec<f64> = (0..m * c).map(|_| rng.normal()).collect();
     for k in 0..m {
         normalise(&mut d[k * c..(k + 1) * c]);
@@ -10,7 +10,7 @@ fn planted(m: usize, c: usize, s: usize, n: usize, noise: f64, seed: u64) -> (Ve
     let mut h = vec![0f64; n * c];
     for i in 0..n {
         let mut atoms: Vec<usize> = (0..m).collect();
-        rng.shuffle(&mut atoms);
+        shuffle(&mut rng, &mut atoms);
         for &k in &atoms[..s] {
             let g = rng.normal();
             for t in 0..c {

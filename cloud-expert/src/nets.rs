@@ -141,14 +141,19 @@ impl Net {
         self.head.forward(&h)
     }
 
-    /// For an MLP (no conv blocks, no extra inputs): the input of every linear layer (the
+    /// Whether the network is a plain MLP: no conv blocks and no extra inputs.
+    pub fn is_mlp(&self) -> bool {
+        self.convs.is_empty() && self.spec.extra_inputs == 0
+    }
+
+    /// For an MLP (see [`Net::is_mlp`]): the input of every linear layer (the
     /// normalised features, then each hidden activation; detached) and its output before the
     /// activation (still in the autograd graph), in order, ending with the head. The gradient of
     /// a sum of outputs w.r.t. layer `l`'s weight is then `delta_l^T a_l` per sample, which is
     /// what makes per-sample gradient kernels factor. `None` for a CNN (shared conv weights do
     /// not factor this way).
     pub fn linear_trace(&self, x: &Tensor) -> Option<(Vec<Tensor>, Vec<Tensor>)> {
-        if !self.convs.is_empty() || self.spec.extra_inputs != 0 {
+        if !self.is_mlp() {
             return None;
         }
         let mut h = (x - &self.mean) * &self.inv_std;

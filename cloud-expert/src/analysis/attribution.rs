@@ -312,12 +312,13 @@ pub fn attribute(
         &sp_train.argmax(1, false),
         &net_class.narrow(0, 0, n as i64),
     );
-    let q_net_class: Vec<i64> = Vec::try_from(&net_class.narrow(0, n as i64, m as i64))?;
-    let q_sur_class: Vec<i64> = Vec::try_from(&sp_query.argmax(1, false))?;
-    let class_agreement = agree(
-        &sp_query.argmax(1, false),
-        &net_class.narrow(0, n as i64, m as i64),
+    let (q_net, q_sur) = (
+        net_class.narrow(0, n as i64, m as i64),
+        sp_query.argmax(1, false),
     );
+    let class_agreement = agree(&q_sur, &q_net);
+    let q_net_class: Vec<i64> = Vec::try_from(&q_net)?;
+    let q_sur_class: Vec<i64> = Vec::try_from(&q_sur)?;
     let explained: Vec<i64> = match queries.labels {
         Some(l) => l.iter().map(|&v| i64::from(v)).collect(),
         None => q_net_class.clone(),

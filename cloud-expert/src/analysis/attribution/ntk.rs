@@ -119,12 +119,13 @@ pub fn gradient_kernel(
         .collect();
     let params = params.as_slice();
     let gradient_dim: usize = params.iter().map(|p| p.numel()).sum();
-    let (feats, method) = match (opts.per_sample, net.linear_trace(&x.narrow(0, 0, 1))) {
-        (false, Some(_)) => (factored(net, x, opts, progress)?, "factored"),
-        _ => (
+    let (feats, method) = if !opts.per_sample && net.is_mlp() {
+        (factored(net, x, opts, progress)?, "factored")
+    } else {
+        (
             per_sample(net, params, x, gradient_dim, opts, progress)?,
             "per-sample",
-        ),
+        )
     };
     let (mut k, diag) = feats.kernel(n_train as i64)?;
     if opts.normalize {

@@ -16,6 +16,7 @@
 //! Invariant: results equal the naive sums up to float32 reassociation (tested against f64),
 //! for int8 the naive sums over the dequantised weights.
 
+pub mod distance;
 pub mod packed;
 
 use packed::{panels_generic, Store};

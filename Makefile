@@ -5,6 +5,8 @@
 #   make bench-peer - only the side-by-side comparison with MLServer
 #   make analysis-demo - the bundled LLM embeds texts of four domains; strata, intrinsic dimension, spectra
 #   make fuzz   - cargo-fuzz the request and tensor decoders for FUZZ_SECONDS each (nightly)
+#   make container-test - build the images with podman from a local Debian base, run and check them
+#   make deb    - the edge-client .deb (size-optimised binary, hardened systemd unit)
 SHELL := /bin/bash
 VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
@@ -16,7 +18,7 @@ export PATH := $(VENV)/bin:$(PATH)
 CARGO ?= cargo
 DEMO_OUT ?= $(CURDIR)/demo-out
 
-.PHONY: setup build demo test bench bench-peer bench-llm bench-analysis finetune-compare llm-demo analysis-demo fuzz lint clean-venv
+.PHONY: container-test deb setup build demo test bench bench-peer bench-llm bench-analysis finetune-compare llm-demo analysis-demo fuzz lint clean-venv
 
 $(VENV)/.ready: scripts/requirements.txt
 	@bash scripts/setup-venv.sh "$(VENV)"
@@ -61,6 +63,16 @@ bench: setup
 bench-analysis: setup
 	$(CARGO) build --release --bins
 	bash scripts/bench-analysis.sh
+
+# Needs root, podman and debootstrap (Debian packages); see deploy/README.md.
+container-test: setup
+	$(CARGO) build --release -p cloud-expert --bin cloud-expert
+	$(CARGO) build --profile edge -p edge-client
+	bash deploy/container-test.sh
+
+deb:
+	$(CARGO) build --profile edge -p edge-client
+	bash deploy/edge/build-deb.sh
 
 bench-llm: setup
 	$(CARGO) build --release --bins

@@ -37,6 +37,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Serve every model of a repository over gRPC (Expert, ModelSync, health, reflection).
     Serve(ServeArgs),
+    /// Exit 0 when a running server's gRPC health is SERVING (container health checks).
+    Health(HealthArgs),
     /// Benchmark the server: round trip at concurrency 1/16/64, batching on versus off.
     BenchServe(BenchServeArgs),
     /// Write the tiny LLM fixtures (GGUF, Hugging Face directory, adapters) used by tests.
@@ -49,6 +51,21 @@ pub enum Command {
     Analyze(AnalyzeArgs),
     /// Benchmark the analysis estimators against scikit-dimension's figures
     BenchAnalysis(BenchAnalysisArgs),
+}
+
+/// `cloud-expert health`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HealthArgs {
+    /// Server address: `host:port` (plaintext) or a URL. Defaults to the server's own
+    /// `--health-addr` when its variable is set (so a container's check follows the server).
+    #[arg(long, env = "CLOUD_EXPERT_HEALTH_ADDR", default_value = "127.0.0.1:50051")]
+    pub addr: String,
+    /// Service to ask about ("" for the server as a whole).
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// Seconds to wait for the connection and the answer.
+    #[arg(long, default_value_t = 2.0)]
+    pub timeout_secs: f64,
 }
 
 /// Offline analyses.
@@ -350,6 +367,10 @@ pub struct ServeArgs {
     /// Most concurrent HTTP/2 streams per gRPC connection.
     #[arg(long, env = "CLOUD_EXPERT_MAX_STREAMS", default_value_t = 256)]
     pub max_streams: u32,
+    /// A second, plaintext listener serving only `grpc.health.v1` (for orchestrators' probes:
+    /// Kubernetes' native gRPC probes do not speak TLS); off unless given.
+    #[arg(long, env = "CLOUD_EXPERT_HEALTH_ADDR")]
+    pub health_addr: Option<std::net::SocketAddr>,
     /// Seconds in-flight requests may take after SIGINT/SIGTERM.
     #[arg(long, env = "CLOUD_EXPERT_GRACE_SECS", default_value_t = 10.0)]
     pub grace_secs: f64,

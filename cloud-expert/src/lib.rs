@@ -110,6 +110,7 @@ pub fn serve_config(a: &config::ServeArgs) -> Result<serve::ServeConfig, CloudEr
         max_jobs: a.analysis_max_jobs,
     };
     cfg.grace = grace;
+    cfg.health_addr = a.health_addr;
     cfg.keep_versions = a.keep_versions.max(1);
     cfg.poll = (!poll.is_zero()).then_some(poll);
     cfg.rate = rate;
@@ -195,10 +196,9 @@ async fn serve_cmd(a: &config::ServeArgs, cfg: serve::ServeConfig) -> Result<(),
     tokio::spawn(async move {
         if let Ok(r) = rx.await {
             // A line on stdout that scripts and tests wait for (no sleeping).
-            match r.http {
-                Some(h) => println!("ready on {} http {h}", r.grpc),
-                None => println!("ready on {}", r.grpc),
-            }
+            let http = r.http.map(|h| format!(" http {h}")).unwrap_or_default();
+            let health = r.health.map(|h| format!(" health {h}")).unwrap_or_default();
+            println!("ready on {}{http}{health}", r.grpc);
         }
     });
     serve::run(cfg, grpc, http, serve::shutdown_signal(), Some(tx)).await
@@ -390,6 +390,18 @@ pub fn run(cli: Cli) -> Result<(), CloudError> {
                 "wrote tiny.gguf, tiny-hf/ and adapters/ to {}",
                 a.out.display()
             );
+        }
+        Command::Health(a) => {
+            if !(a.timeout_secs.is_finite() && a.timeout_secs > 0.0) {
+                return Err(CloudError::Config("--timeout-secs must be positive".into()));
+            }
+            let timeout = std::time::Duration::from_secs_f64(a.timeout_secs);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| CloudError::Config(format!("runtime: {e}")))?;
+            rt.block_on(serve::probe::check(&a.addr, &a.service, timeout))?;
+            println!("SERVING");
         }
         Command::Serve(a) => {
             let cfg = serve_config(&a)?;

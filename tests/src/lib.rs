@@ -146,6 +146,8 @@ pub struct CloudProcess {
     pub addr: String,
     /// Where it listens for HTTP (v2 REST, admin API, /metrics).
     pub http: String,
+    /// Where its plaintext health-only listener is (`--health-addr`), or "".
+    pub health: String,
 }
 
 impl CloudProcess {
@@ -174,11 +176,13 @@ impl CloudProcess {
             .trim()
             .strip_prefix("ready on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let (rest, health) = rest.split_once(" health ").unwrap_or((rest, ""));
         let (addr, http) = rest.split_once(" http ").unwrap_or((rest, ""));
         Self {
             child,
             addr: addr.to_string(),
             http: http.to_string(),
+            health: health.to_string(),
         }
     }
 
@@ -202,6 +206,18 @@ impl CloudProcess {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
+        self.child.wait().expect("wait")
+    }
+
+    /// Sends SIGTERM without waiting (the server drains; see [`CloudProcess::wait`]).
+    pub fn signal_term(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
         self.child.wait().expect("wait")
     }
 

@@ -2,7 +2,8 @@
 //! up, and serves them until the shutdown future resolves:
 //! - gRPC (one port): `offload.v1` Expert / ModelSync / Telemetry, Open Inference Protocol v2
 //!   `inference.GRPCInferenceService`, `grpc.health.v1` and reflection;
-//! - HTTP (another port, optional): v2 REST, the repository admin API and `/metrics`.
+//! - HTTP (another port, optional): v2 REST, the repository admin API and `/metrics`;
+//! - health (a third port, optional): `grpc.health.v1` alone in plaintext, for probes.
 //!
 //! On shutdown, readiness and health go NOT_SERVING, no new connections are accepted, and
 //! in-flight requests get `grace` to finish. With `poll` set, the repository is re-read
@@ -20,6 +21,7 @@ pub mod llm;
 pub mod metrics;
 pub mod openai;
 pub mod openai_types;
+pub mod probe;
 pub mod registry;
 pub mod state;
 pub mod tls;
@@ -75,6 +77,8 @@ pub struct ServeConfig {
     pub llm: Option<llm::LlmServeConfig>,
     /// Limits of the analysis endpoints (`/v1/analysis/...`).
     pub analysis: analysis::AnalysisLimits,
+    /// A plaintext listener for `grpc.health.v1` alone (orchestrator probes), if set.
+    pub health_addr: Option<SocketAddr>,
 }
 
 impl ServeConfig {
@@ -97,6 +101,7 @@ impl ServeConfig {
             max_streams_per_connection: 256,
             llm: None,
             analysis: analysis::AnalysisLimits::default(),
+            health_addr: None,
         }
     }
 }
@@ -108,6 +113,8 @@ pub struct Ready {
     pub grpc: SocketAddr,
     /// HTTP address, if serving HTTP.
     pub http: Option<SocketAddr>,
+    /// The plaintext health-only address, if one was asked for.
+    pub health: Option<SocketAddr>,
 }
 
 /// Builds a [`Call`] from a gRPC request's metadata and TLS peer.
@@ -190,6 +197,24 @@ pub async fn run(
         None => None,
     };
     let (reporter, health) = tonic_health::server::health_reporter();
+    // The probe listener shares the reporter, so it turns NOT_SERVING with the main one on
+    // shutdown and keeps answering through the drain (it stops when `run` returns).
+    let probe = match cfg.health_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| CloudError::Config(format!("cannot listen on {addr}: {e}")))?;
+            let bound = listener.local_addr().ok();
+            let svc = health.clone();
+            let task = tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming(incoming(listener)),
+            );
+            Some((task, bound))
+        }
+        None => None,
+    };
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(oip_pb::FILE_DESCRIPTOR_SET)
@@ -281,6 +306,7 @@ pub async fn run(
         let _ = tx.send(Ready {
             grpc: grpc_addr,
             http: http_addr,
+            health: probe.as_ref().and_then(|p| p.1),
         });
     }
     let signal = {
@@ -342,6 +368,9 @@ pub async fn run(
     };
     if let Some(t) = http_task {
         let _ = tokio::time::timeout(grace, t).await;
+    }
+    if let Some((task, _)) = probe {
+        task.abort();
     }
     result
 }

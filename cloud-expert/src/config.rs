@@ -58,7 +58,11 @@ pub enum Command {
 pub struct HealthArgs {
     /// Server address: `host:port` (plaintext) or a URL. Defaults to the server's own
     /// `--health-addr` when its variable is set (so a container's check follows the server).
-    #[arg(long, env = "CLOUD_EXPERT_HEALTH_ADDR", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "CLOUD_EXPERT_HEALTH_ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
     pub addr: String,
     /// Service to ask about ("" for the server as a whole).
     #[arg(long, default_value = "")]

@@ -29,11 +29,12 @@ cleanup() {
 }
 trap cleanup EXIT
 t0=$(date +%s)
+step() { echo "== [$(( $(date +%s) - t0 ))s] $*"; }
 
-echo "== 1. base image (debootstrap, no registry)"
+step "1. base image (debootstrap, no registry)"
 bash deploy/base-image.sh "$base"
 
-echo "== 2. runtime images from the Dockerfiles (BINARIES=host: the host's binaries)"
+step "2. runtime images from the Dockerfiles (BINARIES=host: the host's binaries)"
 rm -rf "$work" && mkdir -p "$work/cloud" "$work/edge/dist/bin"
 bash deploy/collect-libs.sh "$cloud_bin" "$work/cloud/dist"
 cp "$edge_bin" "$work/edge/dist/bin/"
@@ -47,14 +48,14 @@ build deploy/edge-client/Dockerfile localhost/edge-client:test "$work/edge"
 user=$(podman image inspect --format '{{.Config.User}}' localhost/cloud-expert:test)
 [ "$user" = "10001:10001" ] || { echo "cloud image runs as '$user', not the unprivileged user" >&2; exit 1; }
 
-echo "== 3. a model repository trained on the host"
+step "3. a model repository trained on the host"
 repo="$work/repo"
 "$cloud_bin" legacy --task multiclass --out "$work/legacy.onnx" > /dev/null
 "$cloud_bin" train --repo "$repo" --model digits --legacy "$work/legacy.onnx" --epochs 40 > /dev/null
 "$cloud_bin" eval --repo "$repo" --model digits --predictions-out "$work/offline.jsonl" > /dev/null
 chmod -R a+rX "$repo"
 
-echo "== 4. the cloud container (host network, loopback only; the repository mounted read-only)"
+step "4. the cloud container (host network, loopback only; the repository mounted read-only)"
 grpc=$(free_port); http=$(free_port); health=$(free_port)
 podman run -d --name "$name" --network host -v "$repo:/models:ro" \
   -e CLOUD_EXPERT_ADDR="127.0.0.1:$grpc" -e CLOUD_EXPERT_HTTP_ADDR="127.0.0.1:$http" \
@@ -69,16 +70,16 @@ done
 podman healthcheck run "$name" > /dev/null || { podman logs "$name" >&2; echo "never healthy" >&2; exit 1; }
 echo "healthy after $(( $(date +%s) - t0 ))s of the test"
 
-echo "== 5. the host's edge client offloads to the container"
+step "5. the host's edge client offloads to the container"
 "$edge_bin" run --cloud "http://127.0.0.1:$grpc" --legacy "$work/legacy.onnx" --model digits \
   --input digits:test --deadline-ms 2000 --telemetry-interval-secs 0 --out "$work/edge-host.jsonl" 2> "$work/edge-host.log"
-echo "== 6. an edge container offloads to it too"
+step "6. an edge container offloads to it too"
 podman run --rm --network host -v "$work/legacy.onnx:/etc/edge/legacy.onnx:ro" localhost/edge-client:test \
   run --cloud "http://127.0.0.1:$grpc" --legacy /etc/edge/legacy.onnx --model digits \
   --input digits:test --deadline-ms 2000 --device-id edge-container > "$work/edge-container.jsonl" 2> "$work/edge-container.log"
 python3 deploy/check-answers.py "$work/offline.jsonl" "$work/edge-host.jsonl" "$work/edge-container.jsonl"
 
-echo "== 7. metrics"
+step "7. metrics"
 metrics=$(python3 -c "import urllib.request,sys; print(urllib.request.urlopen('http://127.0.0.1:$http/metrics').read().decode())")
 grep -E '^cloud_requests_total\{.*status="ok"' <<< "$metrics" | head -3
 grep -q '^cloud_requests_total{' <<< "$metrics" || { echo "no request counts in /metrics" >&2; exit 1; }
@@ -87,12 +88,12 @@ fleet=$(awk '/^fleet_answers_total\{/ {s += $2} END {print s + 0}' <<< "$metrics
 echo "fleet_answers_total: $fleet"
 [ "$fleet" = 359 ] || { echo "fleet telemetry counted $fleet answers, not 359" >&2; exit 1; }
 
-echo "== 8. SIGTERM stop (podman stop): drains and exits 0"
+step "8. SIGTERM stop (podman stop): drains and exits 0"
 podman stop -t 15 "$name" > /dev/null
 code=$(podman inspect --format '{{.State.ExitCode}}' "$name")
 podman logs "$name" 2>&1 | tail -2
 [ "$code" = 0 ] || { echo "the cloud container exited with $code" >&2; exit 1; }
-echo "== 9. Compose: bootstrap, cloud and three simulated devices (Prometheus's image needs a registry)"
+step "9. Compose: bootstrap, cloud and three simulated devices (Prometheus's image needs a registry)"
 export CLOUD_IMAGE=localhost/cloud-expert:test DEVICE_IMAGE=localhost/edge-client:test
 CLOUD_GRPC_PORT=$(free_port); CLOUD_HTTP_PORT=$(free_port); export CLOUD_GRPC_PORT CLOUD_HTTP_PORT
 "${compose[@]}" up -d --no-build bootstrap cloud edge-1 edge-2 edge-3 > "$work/compose.log" 2>&1 \

@@ -113,4 +113,7 @@ echo "compose fleet: $total answers, $(fleet_kind offloaded "$m") offloaded, $(f
   || { echo "compose devices did not offload cleanly" >&2; exit 1; }
 "${compose[@]}" down -v > /dev/null 2>&1
 
+# Rebuilds leave the previous images and the offline `host` stage untagged: drop those (podman
+# image prune removes every untagged image of this machine's store).
+podman image prune -f > /dev/null 2>&1 || true
 echo "container test passed in $(( $(date +%s) - t0 ))s"

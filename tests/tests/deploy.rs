@@ -24,6 +24,22 @@ fn health(addr: &str, service: &str) -> std::process::Output {
     )
 }
 
+/// `edge-client run` arguments that offload every input (threshold -1), no bundle syncs.
+fn offload_everything(cloud: &CloudProcess, legacy: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ["run", "--cloud", &cloud.url(), "--legacy"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    v.push(legacy.to_str().unwrap().to_string());
+    for a in ["--threshold=-1", "--sync-interval-secs", "0"]
+        .iter()
+        .chain(extra)
+    {
+        v.push(a.to_string());
+    }
+    v
+}
+
 #[test]
 fn health_listener_serves_probes_and_turns_not_serving_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
@@ -61,20 +77,7 @@ fn health_listener_serves_probes_and_turns_not_serving_on_sigterm() {
     // One slow offload in flight, then SIGTERM: during the drain the probe says NOT_SERVING.
     let mut edge = spawn_piped(
         "edge-client",
-        &[
-            "run",
-            "--cloud",
-            &cloud.url(),
-            "--legacy",
-            legacy.to_str().unwrap(),
-            "--threshold=-1",
-            "--deadline-ms",
-            "6000",
-            "--sync-interval-secs",
-            "0",
-            "--telemetry-interval-secs",
-            "0",
-        ],
+        &offload_everything(&cloud, &legacy, &["--deadline-ms", "6000"]),
     );
     std::thread::sleep(Duration::from_millis(500));
     cloud.signal_term();
@@ -163,18 +166,10 @@ fn manifests_validate_and_match_the_binaries() {
     // a device ran (requests, queue depth, fleet telemetry) and one request was refused.
     let (legacy, repo) = digits_repo(dir.path(), "20");
     let cloud = CloudProcess::start(&repo, "127.0.0.1:0", &["--max-rows", "1"]);
+    let args = offload_everything(&cloud, &legacy, &["--telemetry-interval-secs", "10"]);
     run_ok(
         "edge-client",
-        &[
-            "run",
-            "--cloud",
-            &cloud.url(),
-            "--legacy",
-            legacy.to_str().unwrap(),
-            "--threshold=-1",
-            "--sync-interval-secs",
-            "0",
-        ],
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     let (code, _) = post_json(
         &format!("{}/v2/models/digits/infer", cloud.http_url()),

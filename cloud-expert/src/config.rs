@@ -161,7 +161,7 @@ pub struct AnalyzeArgs {
     /// Attribution: fit the surrogate to `network` probabilities or `labels`.
     #[arg(long, default_value = "network")]
     pub targets: String,
-    /// Attribution: L-BFGS stops when every gradient entry of the surrogate is below this.
+    /// Attribution: the surrogate's Newton solver stops when every gradient entry is below this.
     #[arg(long, default_value_t = 1e-6)]
     pub surrogate_tol: f64,
     /// Attribution: at most this many training points (seeded subsample).

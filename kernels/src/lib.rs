@@ -18,6 +18,7 @@
 
 pub mod distance;
 pub mod packed;
+pub mod select;
 
 use packed::{panels_generic, Store};
 pub use packed::{Elem, Packed, NR};

@@ -71,9 +71,9 @@ pub struct AttributionParams {
     pub top_suspicious: usize,
     /// Use at most this many training points (a seeded subsample).
     pub max_train: Option<usize>,
-    /// L-BFGS iterations at most.
+    /// Newton iterations at most.
     pub max_iter: usize,
-    /// L-BFGS stops when every gradient entry is below this.
+    /// The solver stops when every gradient entry is below this.
     pub tol: f64,
 }
 
@@ -196,9 +196,9 @@ pub struct SurrogateInfo {
     pub targets: Targets,
     /// Its L2 penalty.
     pub l2: f64,
-    /// L-BFGS iterations.
+    /// Newton iterations.
     pub iterations: usize,
-    /// Whether L-BFGS met its tolerance.
+    /// Whether the solver met its tolerance.
     pub converged: bool,
     /// Seconds to fit.
     pub seconds: f64,

@@ -11,6 +11,7 @@
 //! scanning thread copies its rows out in L2-sized pieces (the only safe way to read a tensor).
 
 use super::{AnalysisError, Points};
+use offload_kernels::select::{next_chunk_below, CHUNK};
 use tch::{Kind, Tensor};
 
 /// Neighbours of every point, nearest first (the point itself excluded).
@@ -36,9 +37,6 @@ const BLOCK_BYTES: usize = 32 << 20;
 
 /// Bytes of distance rows a scanning thread copies out of the block at a time (L2-sized).
 const CHUNK_BYTES: usize = 512 << 10;
-
-/// Columns per chunk of the threshold scan.
-const LANES: usize = 16;
 
 /// The `k` nearest neighbours of every point.
 pub fn knn(p: &Points, k: usize) -> Result<Knn, AnalysisError> {
@@ -149,27 +147,21 @@ fn smallest(v: &[f32], out: &mut [usize]) {
             *w = worst(best);
         }
     };
-    let head = (k.div_ceil(LANES) * LANES).min(v.len());
+    // One by one up to the first whole chunk, then only the chunks that can improve `best`
+    // (the vectorised scan of offload-kernels), then the tail.
+    let head = (k.div_ceil(CHUNK) * CHUNK).min(v.len());
     for (j, &x) in v.iter().enumerate().take(head).skip(k) {
         consider(j, x, &mut best, &mut w);
     }
-    let chunks = v[head..].chunks_exact(LANES);
-    let tail = head + chunks.len() * LANES;
-    for (ci, ch) in chunks.enumerate() {
-        let mut m = [f32::INFINITY; LANES];
-        for l in 0..LANES {
-            m[l] = if ch[l] < m[l] { ch[l] } else { m[l] };
+    let whole = head + (v.len() - head) / CHUNK * CHUNK;
+    let mut from = head;
+    while let Some(start) = next_chunk_below(&v[..whole], from, best[w].0) {
+        for (j, &x) in v.iter().enumerate().skip(start).take(CHUNK) {
+            consider(j, x, &mut best, &mut w);
         }
-        let lo = m
-            .iter()
-            .fold(f32::INFINITY, |a, &b| if b < a { b } else { a });
-        if lo < best[w].0 {
-            for (l, &x) in ch.iter().enumerate() {
-                consider(head + ci * LANES + l, x, &mut best, &mut w);
-            }
-        }
+        from = start + CHUNK;
     }
-    for (j, &x) in v.iter().enumerate().skip(tail) {
+    for (j, &x) in v.iter().enumerate().skip(whole) {
         consider(j, x, &mut best, &mut w);
     }
     for (o, (_, j)) in out.iter_mut().zip(best) {
@@ -179,10 +171,12 @@ fn smallest(v: &[f32], out: &mut [usize]) {
 
 /// Exact float64 distances from point `i` to its neighbours `nb`, both sorted nearest first.
 fn refine(p: &Points, i: usize, dist: &mut [f64], nb: &mut [usize]) {
-    let row = p.row(i);
-    let mut pairs: Vec<(f64, usize)> = nb
+    let rows: Vec<&[f32]> = nb.iter().map(|&j| p.row(j)).collect();
+    offload_kernels::distance::sq_dists(p.row(i), &rows, dist);
+    let mut pairs: Vec<(f64, usize)> = dist
         .iter()
-        .map(|&j| (offload_kernels::distance::sq_dist(row, p.row(j)).sqrt(), j))
+        .map(|d2| d2.sqrt())
+        .zip(nb.iter().copied())
         .collect();
     pairs.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     for (t, (dd, j)) in pairs.into_iter().enumerate() {

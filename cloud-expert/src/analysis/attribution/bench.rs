@@ -113,7 +113,7 @@ pub fn run() -> serde_json::Value {
     let (s, secs, grew) = measured(|| surrogate::fit(&k, &probs, 1e-3, 1000, 1e-6));
     let s = s.unwrap_or_else(|e| panic!("{e}"));
     println!(
-        "| surrogate (kernel logistic regression, L-BFGS) | {} iterations{} | {secs:.3} | {:.1} | - |",
+        "| surrogate (kernel logistic regression, Newton-CG) | {} iterations{} | {secs:.3} | {:.1} | - |",
         s.iterations,
         if s.converged { "" } else { ", not converged" },
         grew as f64 / 1e6

@@ -1,3 +1,6 @@
+//! CPU kernels: the matrix kernel below, plus the k-nearest-neighbour loops of [`distance`] and
+//! [`select`].
+//!
 //! `y = x W^T` for a few rows of `x` (LLM decoding: 1 to 8 sequences; short prompts) against a
 //! large weight `W` (n x k), the operation that bounds LLM decoding on CPUs. libtorch's float32
 //! path runs it on one thread at about a third of the machine's memory bandwidth; here `W` is
@@ -11,7 +14,8 @@
 //! and the best version the CPU supports is chosen at run time.
 //!
 //! Safety: the only `unsafe` is calling a `#[target_feature]` function, each time directly after
-//! `is_x86_feature_detected!` confirmed every feature it enables.
+//! `is_x86_feature_detected!` confirmed every feature it enables, or one that needs only SSE (the
+//! cache prefetch of [`distance`]), which every x86_64 CPU has.
 //!
 //! Invariant: results equal the naive sums up to float32 reassociation (tested against f64),
 //! for int8 the naive sums over the dequantised weights.

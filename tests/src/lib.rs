@@ -203,10 +203,8 @@ impl CloudProcess {
 
     /// Sends SIGTERM (what Kubernetes sends) and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        self.child.wait().expect("wait")
+        self.signal_term();
+        self.wait()
     }
 
     /// Sends SIGTERM without waiting (the server drains; see [`CloudProcess::wait`]).

@@ -43,13 +43,8 @@ fn kernel(vs: &nn::VarStore, net: &Net, x: &Tensor, n: usize, o: KernelOptions) 
     .k
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b).abs().max().double_value(&[])
-}
-
-#[test]
-fn factored_kernel_equals_per_sample_gradients() {
-    let _seeded = crate::analysis::seeded_section();
+/// A 6-16-8-4 MLP and 40 random inputs for it.
+fn small_mlp() -> (nn::VarStore, Net, Tensor) {
     let (vs, net) = net(
         Arch::Mlp {
             hidden: vec![16, 8],
@@ -58,6 +53,17 @@ fn factored_kernel_equals_per_sample_gradients() {
         4,
     );
     let x = Tensor::randn([40, 6], (Kind::Float, tch::Device::Cpu));
+    (vs, net, x)
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+#[test]
+fn factored_kernel_equals_per_sample_gradients() {
+    let _seeded = crate::analysis::seeded_section();
+    let (vs, net, x) = small_mlp();
     for kind in [KernelKind::Pntk, KernelKind::Trntk] {
         for normalize in [false, true] {
             let o = KernelOptions {
@@ -99,14 +105,7 @@ fn factored_kernel_equals_per_sample_gradients() {
 #[test]
 fn projected_kernels_approximate_the_exact_one() {
     let _seeded = crate::analysis::seeded_section();
-    let (vs, net) = net(
-        Arch::Mlp {
-            hidden: vec![16, 8],
-        },
-        vec![6],
-        4,
-    );
-    let x = Tensor::randn([40, 6], (Kind::Float, tch::Device::Cpu));
+    let (vs, net, x) = small_mlp();
     let exact = kernel(&vs, &net, &x, 40, KernelOptions::default());
     for per_sample in [false, true] {
         let o = KernelOptions {

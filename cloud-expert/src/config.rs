@@ -137,6 +137,10 @@ pub struct AnalyzeArgs {
     /// Spectrum: include every eigenvalue.
     #[arg(long)]
     pub eigenvalues: bool,
+    /// Spectrum: data directions, a JSON list of `{"name", "values", "side"}` as in the HTTP
+    /// API's `directions` (spike-data alignment of those layers).
+    #[arg(long)]
+    pub directions: Option<PathBuf>,
     /// Spectrum: write one SVG plot per layer into this directory.
     #[arg(long)]
     pub svg_dir: Option<PathBuf>,

@@ -107,6 +107,50 @@ fn spectra_match_weightwatcher_and_served_experts_are_analysed_as_jobs() {
         assert!(served["svg"].as_str().unwrap().starts_with("<svg"));
     }
 
+    // Spike-data alignment: a direction for the served expert's first layer (an all-ones
+    // input direction), served and offline alike.
+    let (name, cols) = (
+        layers[0]["name"].as_str().unwrap(),
+        layers[0]["shape"][1].as_u64().unwrap() as usize,
+    );
+    let directions = format!(r#"[{{"name": "{name}", "values": {:?}}}]"#, vec![1.0; cols]);
+    let (code, v) = post(
+        dir.path(),
+        &url,
+        &format!(r#"{{"model": "digits", "directions": {directions}}}"#),
+    );
+    assert_eq!(code, 202, "{v}");
+    let done = wait_job(&base, v["job_id"].as_str().unwrap());
+    assert_eq!(done["state"], "succeeded", "{}", done["error"]);
+    let aligned = &done["result"]["layers"][0]["alignment"];
+    assert_eq!(aligned["side"], "input", "{aligned}");
+    let top = aligned["top"].as_f64().unwrap();
+    assert!(top > 0.0 && top <= 1.0 + 1e-12, "{aligned}");
+    assert_eq!(
+        aligned["spikes"].as_array().unwrap().len(),
+        done["result"]["layers"][0]["marchenko_pastur"]["spikes"]
+            .as_array()
+            .unwrap()
+            .len()
+    );
+    assert!(done["result"]["layers"][1]["alignment"].is_null());
+    let dfile = dir.path().join("directions.json");
+    std::fs::write(&dfile, &directions).unwrap();
+    let offline: serde_json::Value = serde_json::from_str(&run_ok(
+        "cloud-expert",
+        &[
+            "analyze",
+            "spectrum",
+            "--input",
+            repo.join("digits/2/expert.safetensors").to_str().unwrap(),
+            "--directions",
+            dfile.to_str().unwrap(),
+        ],
+    ))
+    .unwrap();
+    let off = offline["layers"][0]["alignment"]["top"].as_f64().unwrap();
+    assert!((off - top).abs() < 1e-9, "{off} vs {top}");
+
     // Cancellation: one permit; a long job runs (or waits) and a second waits behind it.
     let big: Vec<String> = (0..4)
         .map(|i| {
@@ -173,6 +217,16 @@ fn spectra_match_weightwatcher_and_served_experts_are_analysed_as_jobs() {
             422,
             None,
         ),
+        (
+            r#"{"matrices": [{"name": "a", "values": [[1, 2], [3, 4]]}], "directions": [{"name": "b", "values": [1, 0]}]}"#,
+            422,
+            Some("directions[0].name"),
+        ),
+        (
+            r#"{"matrices": [{"name": "a", "values": [[1, 2], [3, 4]]}], "directions": [{"name": "a", "values": [1, 0, 0]}]}"#,
+            422,
+            Some("directions[a]"),
+        ),
     ] {
         let (code, v) = post(dir.path(), &url, body);
         assert_eq!(code, code_want, "{body}: {v}");
@@ -203,4 +257,35 @@ fn spectra_match_weightwatcher_and_served_experts_are_analysed_as_jobs() {
         doc["paths"]["/v1/analysis/jobs/{id}"]["delete"].is_object(),
         "{doc}"
     );
+    // Every schema the document refers to is in it.
+    let mut refs = Vec::new();
+    collect_refs(&doc, &mut refs);
+    assert!(refs.len() > 20, "{refs:?}");
+    for r in refs {
+        let name = r.strip_prefix("#/components/schemas/").unwrap_or(&r);
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "openapi.json refers to {r}, which it does not define"
+        );
+    }
+    assert_eq!(
+        doc["components"]["schemas"]["LayerSpectrum"]["properties"]["alignment"]["oneOf"][1]
+            ["$ref"],
+        "#/components/schemas/Alignment"
+    );
+}
+
+fn collect_refs(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x.as_str()) {
+                    ("$ref", Some(r)) => out.push(r.to_string()),
+                    _ => collect_refs(x, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_refs(x, out)),
+        _ => {}
+    }
 }

@@ -71,10 +71,22 @@ pub fn run(a: &AnalyzeArgs) -> Result<serde_json::Value, AnalysisError> {
                 Some(p) => spectrum::read_matrices(p)?,
                 None => Vec::new(),
             };
+            let directions: Vec<spectrum::alignment::Direction> = match &a.directions {
+                Some(p) => {
+                    let field = "--directions";
+                    let text = std::fs::read_to_string(p)
+                        .map_err(|e| AnalysisError::invalid(field, e.to_string()))?;
+                    serde_json::from_str(&text)
+                        .map_err(|e| AnalysisError::invalid(field, e.to_string()))?
+                }
+                None => Vec::new(),
+            };
+            spectrum::alignment::check_names(&directions, layers.iter().map(|m| m.name.as_str()))?;
             let opts = spectrum::SpectrumOptions {
                 eigenvalues: a.eigenvalues,
                 randomize: a.randomize,
                 seed: 0,
+                directions,
                 svg: a.svg_dir.is_some(),
             };
             let mut out = Vec::new();

@@ -18,8 +18,11 @@
 //! - ESD distances (randomised ESD, drift from an initial checkpoint): Jensen-Shannon distance
 //!   (base 2, in [0, 1]) between histograms of log10 eigenvalues on 100 shared bins.
 
+pub mod alignment;
+
 use super::powerlaw::{self, PowerLawFit};
 use super::AnalysisError;
+use alignment::{Alignment, Direction};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
@@ -88,6 +91,8 @@ pub struct SpectrumOptions {
     pub randomize: bool,
     /// Seed of the permutation.
     pub seed: u64,
+    /// Data directions by layer name: spike-data alignment for those layers.
+    pub directions: Vec<Direction>,
     /// Render an SVG of the ESD with the MP curve and the power-law fit.
     pub svg: bool,
 }
@@ -153,6 +158,8 @@ pub struct LayerSpectrum {
     pub randomized_lambda_max: Option<f64>,
     /// Against the initial checkpoint (when given).
     pub drift: Option<Drift>,
+    /// Overlap of the top singular vectors with the layer's data direction (when given).
+    pub alignment: Option<Alignment>,
     /// Every eigenvalue, ascending (when asked).
     pub eigenvalues: Option<Vec<f64>>,
     /// The plot (when asked).
@@ -299,6 +306,10 @@ pub fn analyze(
         .collect();
     let power_law = powerlaw::fit(&tail);
     let marchenko_pastur = mp_fit(&evals, n, mm);
+    let alignment = match opts.directions.iter().find(|d| d.name == m.name) {
+        Some(d) => Some(alignment::alignment(m, d, marchenko_pastur.spikes.len())?),
+        None => None,
+    };
     let mut randomized = None;
     if opts.randomize {
         let mut data = m.data.clone();
@@ -338,6 +349,7 @@ pub fn analyze(
         randomized_esd_distance: randomized.map(|r| r.0),
         randomized_lambda_max: randomized.map(|r| r.1),
         drift,
+        alignment,
         eigenvalues: opts.eigenvalues.then_some(evals),
         svg,
     })

@@ -139,6 +139,7 @@ fn randomisation_is_seeded_and_destroys_structure() {
         seed: 9,
         svg: true,
         eigenvalues: true,
+        ..SpectrumOptions::default()
     };
     let a = analyze(&matrix(r, c, data.clone()), None, &opts).unwrap();
     let b = analyze(&matrix(r, c, data), None, &opts).unwrap();
@@ -199,4 +200,95 @@ fn bad_matrices_are_refused_with_the_field() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("initial[w]"), "{e}");
+}
+
+fn direction(name: &str, values: Vec<f64>, side: Option<alignment::Side>) -> Direction {
+    Direction {
+        name: name.into(),
+        values,
+        side,
+    }
+}
+
+#[test]
+fn spike_alignment_equals_the_svd_overlaps_on_either_side_and_orientation() {
+    use alignment::Side;
+    for (r, c) in [(300, 120), (120, 300)] {
+        let mut data = normals(r * c, 11);
+        data.iter_mut().for_each(|x| *x *= 0.5);
+        let theta = 3.0 * 0.5 * ((r * c) as f64).powf(0.25) * 2.0;
+        let (u, v) = add_rank_one(&mut data, r, c, theta);
+        let m = matrix(r, c, data);
+        let w = Tensor::from_slice(&m.data)
+            .view([r as i64, c as i64])
+            .to_kind(Kind::Double);
+        // torch.svd returns V itself (not V^T): singular vectors are columns of both.
+        let (left, _, right) = w.svd(true, true);
+        let svd_overlap = |vectors: &Tensor, dir: &[f64]| {
+            let d = Tensor::from_slice(dir);
+            let d = &d / d.norm();
+            f64::try_from(vectors.dot(&d).abs()).unwrap()
+        };
+        let opts = SpectrumOptions {
+            directions: vec![direction("w", v.clone(), None)],
+            ..SpectrumOptions::default()
+        };
+        let rep = analyze(&m, None, &opts).unwrap();
+        let a = rep.alignment.unwrap();
+        assert_eq!(a.side, Side::Input);
+        assert_eq!(a.spikes.len(), rep.marchenko_pastur.spikes.len());
+        assert_eq!(a.spikes.len(), 1, "{:?}", rep.marchenko_pastur);
+        // The planted spike's right singular vector lies along v (BBP: well above 0.9 here)...
+        let want = svd_overlap(&right.select(1, 0), &v);
+        assert!((a.top - want).abs() < 1e-9, "{r}x{c}: {} vs {want}", a.top);
+        assert!(a.top > 0.9 && a.spikes[0] == a.top, "{a:?}");
+        // ... and its left one along u, with u scaled (the norm does not matter).
+        let u2: Vec<f64> = u.iter().map(|x| x * -7.0).collect();
+        let out = alignment::alignment(&m, &direction("w", u2, None), 1).unwrap();
+        assert_eq!(out.side, Side::Output);
+        let want = svd_overlap(&left.select(1, 0), &u);
+        assert!(
+            (out.top - want).abs() < 1e-9,
+            "{r}x{c}: {} vs {want}",
+            out.top
+        );
+        // An unrelated direction: about 1/sqrt(len).
+        let other: Vec<f64> = normals(c, 5).iter().map(|&x| f64::from(x)).collect();
+        let o = alignment::alignment(&m, &direction("w", other.clone(), None), 0).unwrap();
+        assert!(
+            o.top < 4.0 / (c as f64).sqrt() && o.spikes.is_empty(),
+            "{o:?}"
+        );
+        let want = svd_overlap(&right.select(1, 0), &other);
+        assert!((o.top - want).abs() < 1e-9);
+    }
+}
+
+#[test]
+fn bad_directions_are_refused_with_the_field() {
+    use alignment::Side;
+    let m = matrix(6, 4, normals(24, 1));
+    let err = |d: Direction| alignment::alignment(&m, &d, 0).unwrap_err().to_string();
+    let e = err(direction("w", vec![1.0; 5], None));
+    assert!(
+        e.contains("directions[w]") && e.contains("has 5 values"),
+        "{e}"
+    );
+    let e = err(direction("w", vec![1.0; 4], Some(Side::Output)));
+    assert!(e.contains("output side has 6"), "{e}");
+    let e = err(direction("w", vec![0.0; 4], None));
+    assert!(e.contains("nonzero"), "{e}");
+    assert!(alignment::alignment(&m, &direction("w", vec![1.0; 6], None), 0).is_ok());
+    let dirs = [
+        direction("w", vec![1.0; 4], None),
+        direction("q", vec![], None),
+    ];
+    let e = alignment::check_names(&dirs, ["w", "v"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("directions[1].name") && e.contains("\"q\""),
+        "{e}"
+    );
+    assert!(alignment::check_names(&dirs[..1], ["w"]).is_ok());
 }

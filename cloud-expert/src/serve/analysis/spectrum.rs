@@ -4,6 +4,7 @@
 //! job (202); uploaded matrices otherwise answer at once (200).
 
 use super::{error, AnalysisState, ErrorBody};
+use crate::analysis::spectrum::alignment::{self, Direction};
 use crate::analysis::spectrum::{self, LayerSpectrum, Matrix, SpectrumOptions};
 use crate::analysis::{AnalysisError, Progress};
 use axum::extract::State;
@@ -45,6 +46,10 @@ pub struct SpectrumRequest {
     /// The same layers at initialisation (by name), for norm changes and spectral drift.
     #[serde(default)]
     pub initial: Vec<NamedMatrix>,
+    /// Data directions by layer name (of uploaded or served layers): the report's
+    /// `alignment` gives the overlap of each such layer's top singular vectors with it.
+    #[serde(default)]
+    pub directions: Vec<Direction>,
     /// A served expert model (every weight layer of its expert), the served LLM's id (every
     /// 2-D weight of the LLM), or one of its adapters (the update `scale B A` of every adapted
     /// module).
@@ -115,6 +120,7 @@ fn run(
             (m, i)
         }
     };
+    alignment::check_names(&opts.directions, layers.iter().map(|m| m.name.as_str()))?;
     progress.plan(layers.len());
     let mut out = Vec::with_capacity(layers.len());
     for m in &layers {
@@ -140,6 +146,7 @@ fn run_llm(
         .into_iter()
         .filter(|(_, s)| s.len() == 2 && s[0] >= 2 && s[1] >= 2)
         .collect();
+    alignment::check_names(&opts.directions, names.iter().map(|n| n.0.as_str()))?;
     progress.plan(names.len());
     let mut out = Vec::with_capacity(names.len());
     for (name, shape) in names {
@@ -179,10 +186,19 @@ pub(super) async fn spectrum_route(
         Ok(r) => r,
         Err(r) => return *r,
     };
+    let directions: usize = req.directions.iter().map(|d| d.values.len()).sum();
+    if directions > st.limits.max_values {
+        return AnalysisError::TooLarge(format!(
+            "directions: {directions} values exceed the limit of {}",
+            st.limits.max_values
+        ))
+        .into_response();
+    }
     let opts = SpectrumOptions {
         eigenvalues: req.options.eigenvalues,
         randomize: req.options.randomize,
         seed: req.options.seed,
+        directions: req.directions,
         svg: req.options.svg,
     };
     // The served LLM, or one of its adapters, by name.
@@ -253,7 +269,8 @@ pub(super) async fn spectrum_route(
                 .chain(&req.initial)
                 .flat_map(|m| &m.values)
                 .map(Vec::len)
-                .sum();
+                .sum::<usize>()
+                + directions;
             if values > st.limits.max_values {
                 return AnalysisError::TooLarge(format!(
                     "matrices: {values} values exceed the limit of {}",

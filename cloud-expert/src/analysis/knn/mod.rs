@@ -5,28 +5,29 @@
 //! `|x|`).
 //!
 //! The matrix is symmetric, so it is computed in panels of rows `a..a+c` against the columns
-//! `a..n` only (about half the flops of the full GEMM). Each panel row is scanned twice:
-//! - as its point's own row, seeded with every candidate earlier panels offered it, which
-//!   completes that point's list (its columns before `a` were all offered as columns);
-//! - column by column past the panel's diagonal tile, offering the row's point to each later
-//!   point's list against that point's current threshold (one vectorised compare of the row
-//!   against the array of thresholds).
+//! `a..n` only (about half the flops of the full GEMM). Each panel is scanned twice:
+//! - by rows (threads split the rows): each row completes its point's list, seeded with what
+//!   earlier panels offered that point (its columns before `a` were all offered as columns),
+//!   and the winners are refined;
+//! - by columns past the panel's diagonal tile (threads split the columns): every row is
+//!   offered to each later point's list against that point's current threshold, one
+//!   vectorised compare of a row segment against the array of thresholds.
 //!
-//! Panels are split by rows over threads; each thread keeps its own column lists (no sharing),
-//! merged into the seeds of the points of the next panel. Candidates rank by float32 value and
-//! then by index, so equal values resolve the same way in whatever order they arrive (ties are
-//! common in integer-valued data).
+//! Candidates rank by float32 value and then by index, so equal values resolve the same way in
+//! whatever order they arrive (ties are common in integer-valued data).
 //!
 //! Why not libtorch's `topk`: on a 10,000-column block it costs about a fifth of the GEMM. The
 //! scans read each value once in 16-wide chunks and look at a chunk value by value only when
 //! it holds a value at or below the threshold, which after the first few hundred is rare. One
-//! output tensor is reused for every panel (fresh ones cost page faults on par with the scans);
-//! each thread copies its rows out in L2-sized pieces (the only safe way to read a tensor).
+//! output tensor is reused for every panel (fresh ones cost page faults on par with the
+//! scans); the row threads copy it out, in L2-sized pieces scanned while they are in cache,
+//! into one reused buffer that the column threads then read (copying is the only safe way to
+//! read a tensor).
 
 mod best;
 
 use super::{AnalysisError, Points};
-use best::{Best, Slots};
+use best::{Best, Slots, SlotsMut};
 use offload_kernels::select::{next_chunk_at_most, next_chunk_at_most_each, CHUNK};
 use tch::{Kind, Tensor};
 
@@ -51,20 +52,23 @@ impl Knn {
 /// How the search is cut up (the defaults suit any input; tests shrink them).
 #[derive(Debug, Clone, Copy)]
 struct Layout {
-    /// Bytes of distance matrix per panel.
+    /// Bytes of distance matrix per panel (the output tensor and the buffer it is copied to).
     panel_bytes: usize,
-    /// Bytes of rows a scanning thread copies out of the panel at a time (L2-sized).
+    /// Bytes of rows a row thread copies out of the panel at a time (L2-sized).
     piece_bytes: usize,
     /// Scanning threads.
     threads: usize,
 }
 
 impl Layout {
+    /// 32 MiB panels, 512 KiB pieces, as many scanning threads as libtorch's compute threads
+    /// (the server's configured share of the machine), at most the CPUs.
     fn default_for_machine() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |t| t.get());
         Self {
             panel_bytes: 32 << 20,
             piece_bytes: 512 << 10,
-            threads: std::thread::available_parallelism().map_or(1, |t| t.get()),
+            threads: cpus.min(tch::get_num_threads().max(1) as usize),
         }
     }
 }
@@ -74,15 +78,15 @@ pub fn knn(p: &Points, k: usize) -> Result<Knn, AnalysisError> {
     search(p, k, Layout::default_for_machine())
 }
 
-/// One panel's share for one thread: rows `r0..` of the panel starting at point `first`, the
-/// columns from `first` on, of which the first `diag` are the panel's own points.
-struct Share<'a> {
+/// One row thread's share of a panel: rows `r0..` of the panel starting at point `first` (the
+/// tensor `rows`, columns `first..n`), copied out `piece` rows at a time.
+struct RowShare<'a> {
     p: &'a Points,
     sq: &'a [f32],
     rows: Tensor,
     first: usize,
     r0: usize,
-    diag: usize,
+    piece: usize,
 }
 
 fn search(p: &Points, k: usize, layout: Layout) -> Result<Knn, AnalysisError> {
@@ -114,11 +118,9 @@ fn search(p: &Points, k: usize, layout: Layout) -> Result<Knn, AnalysisError> {
     let xt = (&x * -2.0).tr().contiguous();
     let block = (layout.panel_bytes / (4 * p.n)).clamp(1, p.n);
     let out = Tensor::empty([(block * p.n) as i64], (Kind::Float, tch::Device::Cpu));
+    let mut panel = vec![0f32; block * p.n];
     let threads = layout.threads.max(1);
-    let mut cols: Vec<Slots> = (0..threads).map(|_| Slots::new(p.n, k)).collect();
-    let mut bufs: Vec<Vec<f32>> = (0..threads)
-        .map(|_| vec![0f32; (layout.piece_bytes / 4).max(p.n)])
-        .collect();
+    let mut cols = Slots::new(p.n, k);
     let (mut seed_v, mut seed_i) = (vec![0f32; block * k], vec![0u32; block * k]);
     let mut dist = vec![0f64; p.n * k];
     let mut idx = vec![0usize; p.n * k];
@@ -135,77 +137,98 @@ fn search(p: &Points, k: usize, layout: Layout) -> Result<Knn, AnalysisError> {
             &x.narrow(0, first as i64, c as i64),
             &xt.narrow(1, first as i64, w as i64),
         )?;
-        // Seeds: what every thread's column scans of earlier panels offered this panel's points.
-        for (r, (sv, si)) in seed_v
-            .chunks_mut(k)
-            .zip(seed_i.chunks_mut(k))
-            .take(c)
-            .enumerate()
-        {
-            let mut b = Best::empty(sv, si);
-            for (v, j) in cols.iter().flat_map(|s| s.entries(first + r)) {
-                b.offer(v, j);
-            }
-        }
+        // Seeds: the lists the earlier panels' column scans left for this panel's points.
+        let (sv, si) = cols.lists(first, first + c);
+        seed_v[..c * k].copy_from_slice(sv);
+        seed_i[..c * k].copy_from_slice(si);
+        let vals = &mut panel[..c * w];
         let per = c.div_ceil(threads);
+        let piece = (layout.piece_bytes / (4 * w)).clamp(1, per);
         let results: Vec<Result<(), tch::TchError>> = std::thread::scope(|s| {
-            let handles: Vec<_> = dblk
-                .chunks_mut(per * k)
-                .zip(iblk.chunks_mut(per * k))
+            let handles: Vec<_> = vals
+                .chunks_mut(per * w)
+                .zip(dblk.chunks_mut(per * k).zip(iblk.chunks_mut(per * k)))
                 .zip(seed_v.chunks_mut(per * k).zip(seed_i.chunks_mut(per * k)))
-                .zip(cols.iter_mut().zip(bufs.iter_mut()))
                 .enumerate()
-                .map(|(t, (((dc, ic), (sv, si)), (col, buf)))| {
-                    let share = Share {
+                .map(|(t, ((v, out), seeds))| {
+                    let share = RowShare {
                         p,
                         sq: &sq,
-                        rows: d2.narrow(0, (t * per) as i64, (dc.len() / k) as i64),
+                        rows: d2.narrow(0, (t * per) as i64, (v.len() / w) as i64),
                         first,
                         r0: t * per,
-                        diag: c,
+                        piece,
                     };
-                    s.spawn(move || scan_share(&share, buf, (sv, si), col, (dc, ic)))
+                    s.spawn(move || scan_rows(&share, v, seeds, out))
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                .collect()
+            join_all(handles)
         });
         for r in results {
             r?;
         }
+        // Columns past the diagonal tile, split over the threads.
+        let later = first + c;
+        let bounds: Vec<usize> = (0..=threads)
+            .map(|t| later + (p.n - later) * t / threads)
+            .collect();
+        let vals = &panel[..c * w];
+        std::thread::scope(|s| {
+            let handles: Vec<_> = cols
+                .views(&bounds)
+                .into_iter()
+                .filter(|v| !v.thresholds().is_empty())
+                .map(|mut view| {
+                    let sq = &sq[first..later];
+                    s.spawn(move || {
+                        let from = view.base() - first;
+                        let to = from + view.thresholds().len();
+                        for (r, row) in vals.chunks(w).enumerate() {
+                            scan_columns(&row[from..to], sq[r], (first + r) as u32, &mut view);
+                        }
+                    })
+                })
+                .collect();
+            join_all(handles)
+        });
     }
     Ok(Knn { k, dist, idx })
 }
 
-/// Scans one thread's rows of a panel, copied out `buf`-sized pieces at a time: each row
-/// completes its point's list (seeded from `seeds`) and is refined into `out`, and is offered
-/// to the later points' lists in `cols`.
-fn scan_share(
-    sh: &Share<'_>,
-    buf: &mut [f32],
+/// Joins scoped threads, passing a panic on.
+fn join_all<T>(handles: Vec<std::thread::ScopedJoinHandle<'_, T>>) -> Vec<T> {
+    handles
+        .into_iter()
+        .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+        .collect()
+}
+
+/// Copies one thread's rows of a panel into `vals` a piece at a time, and while each piece is
+/// in cache completes each row's list (seeded from `seeds`) and refines it into `out`.
+fn scan_rows(
+    sh: &RowShare<'_>,
+    vals: &mut [f32],
     seeds: (&mut [f32], &mut [u32]),
-    cols: &mut Slots,
     out: (&mut [f64], &mut [usize]),
 ) -> Result<(), tch::TchError> {
-    let k = out.0.len() / sh.rows.size()[0] as usize;
     let w = sh.p.n - sh.first;
-    let piece = (buf.len() / w).max(1);
+    let k = out.0.len() / (vals.len() / w);
     let mut r = sh.r0;
-    for (((dc, ic), sv), si) in out
-        .0
-        .chunks_mut(piece * k)
-        .zip(out.1.chunks_mut(piece * k))
-        .zip(seeds.0.chunks_mut(piece * k))
-        .zip(seeds.1.chunks_mut(piece * k))
+    for (((v, (dc, ic)), sv), si) in vals
+        .chunks_mut(sh.piece * w)
+        .zip(
+            out.0
+                .chunks_mut(sh.piece * k)
+                .zip(out.1.chunks_mut(sh.piece * k)),
+        )
+        .zip(seeds.0.chunks_mut(sh.piece * k))
+        .zip(seeds.1.chunks_mut(sh.piece * k))
     {
-        let c = dc.len() / k;
-        let vals = &mut buf[..c * w];
+        let c = v.len() / w;
         sh.rows
             .narrow(0, (r - sh.r0) as i64, c as i64)
-            .f_copy_data(vals, c * w)?;
-        for ((((v, drow), irow), svrow), sirow) in vals
+            .f_copy_data(v, c * w)?;
+        for ((((row, drow), irow), svrow), sirow) in v
             .chunks_mut(w)
             .zip(dc.chunks_mut(k))
             .zip(ic.chunks_mut(k))
@@ -213,10 +236,9 @@ fn scan_share(
             .zip(si.chunks_mut(k))
         {
             let i = sh.first + r;
-            v[r] = f32::NAN; // the point itself: never a candidate
+            row[r] = f32::NAN; // the point itself: never a candidate
             let mut best = Best::new(svrow, sirow);
-            scan_row(v, sh.sq[i], sh.first, &mut best);
-            scan_columns(v, sh.diag, sh.sq[i], i as u32, sh.first, cols);
+            scan_row(row, sh.sq[i], sh.first, &mut best);
             for (o, &j) in irow.iter_mut().zip(best.ids()) {
                 *o = j as usize;
             }
@@ -243,25 +265,20 @@ fn scan_row(v: &[f32], shift: f32, base: usize, best: &mut Best<'_>) {
     }
 }
 
-/// Offers the row's point `index` to point `base + j`'s list at value `v[j] + shift`, for every
-/// column `j >= from` (only chunks holding a value at or below its column's threshold are
-/// looked at value by value).
-fn scan_columns(v: &[f32], from: usize, shift: f32, index: u32, base: usize, cols: &mut Slots) {
-    let whole = from + (v.len() - from) / CHUNK * CHUNK;
-    let mut at = from;
-    while let Some(s) = next_chunk_at_most_each(
-        &v[..whole],
-        &cols.thresholds()[base..base + whole],
-        at,
-        shift,
-    ) {
-        for (j, &x) in v.iter().enumerate().skip(s).take(CHUNK) {
-            cols.offer(base + j, x + shift, index);
+/// Offers the point `index` to the list of each point of `cols` at value `v[q] + shift`, `v`
+/// holding one value per point of `cols` (only chunks holding a value at or below its point's
+/// threshold are looked at value by value).
+fn scan_columns(v: &[f32], shift: f32, index: u32, cols: &mut SlotsMut<'_>) {
+    let whole = v.len() / CHUNK * CHUNK;
+    let mut at = 0;
+    while let Some(s) = next_chunk_at_most_each(&v[..whole], cols.thresholds(), at, shift) {
+        for (q, &x) in v.iter().enumerate().skip(s).take(CHUNK) {
+            cols.offer(q, x + shift, index);
         }
         at = s + CHUNK;
     }
-    for (j, &x) in v.iter().enumerate().skip(whole) {
-        cols.offer(base + j, x + shift, index);
+    for (q, &x) in v.iter().enumerate().skip(whole) {
+        cols.offer(q, x + shift, index);
     }
 }
 
@@ -410,27 +427,26 @@ mod tests {
 
     #[test]
     fn column_scan_offers_each_column_its_value() {
-        let v: Vec<f32> = (0..50).map(|j| (j % 10) as f32).collect();
+        let v: Vec<f32> = (0..47).map(|j| (j % 10) as f32).collect();
         let mut cols = Slots::new(60, 1);
-        scan_columns(&v, 3, 1.0, 7, 10, &mut cols);
-        assert!(cols.thresholds()[..13].iter().all(|t| t.is_infinite()));
-        for j in 3..50 {
-            assert_eq!(cols.thresholds()[10 + j], (j % 10) as f32 + 1.0);
-            assert_eq!(
-                cols.entries(10 + j).next(),
-                Some(((j % 10) as f32 + 1.0, 7))
-            );
+        let mut views = cols.views(&[0, 13, 60]);
+        scan_columns(&v, 1.0, 7, &mut views[1]);
+        assert!(views[0].thresholds().iter().all(|t| t.is_infinite()));
+        for (q, t) in views[1].thresholds().iter().enumerate() {
+            assert_eq!(*t, (q % 10) as f32 + 1.0, "point {}", 13 + q);
         }
         // A second row is kept only where it is nearer.
-        let v2 = vec![4.5f32; 50];
-        scan_columns(&v2, 3, 0.0, 8, 10, &mut cols);
-        for j in 3..50 {
-            let want = if j % 10 + 1 > 4 {
+        let v2 = vec![4.5f32; 47];
+        scan_columns(&v2, 0.0, 8, &mut views[1]);
+        drop(views);
+        let (vals, ids) = cols.lists(13, 60);
+        for q in 0..47 {
+            let want = if q % 10 + 1 > 4 {
                 (4.5, 8)
             } else {
-                ((j % 10) as f32 + 1.0, 7)
+                ((q % 10) as f32 + 1.0, 7)
             };
-            assert_eq!(cols.entries(10 + j).next(), Some(want), "column {j}");
+            assert_eq!((vals[q], ids[q]), want, "point {}", 13 + q);
         }
     }
 }

@@ -33,6 +33,14 @@ fn matrix_json(rows: usize, cols: usize, seed: u64) -> String {
     format!("[{}]", rows.join(","))
 }
 
+/// `cloud-expert analyze spectrum` of version 2 of the repository's digits expert.
+fn offline_spectrum(repo: &std::path::Path, extra: &[&str]) -> serde_json::Value {
+    let input = repo.join("digits/2/expert.safetensors");
+    let mut args = vec!["analyze", "spectrum", "--input", input.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    serde_json::from_str(&run_ok("cloud-expert", &args)).unwrap()
+}
+
 #[test]
 fn spectra_match_weightwatcher_and_served_experts_are_analysed_as_jobs() {
     let dir = tempfile::tempdir().unwrap();
@@ -76,18 +84,13 @@ fn spectra_match_weightwatcher_and_served_experts_are_analysed_as_jobs() {
     assert!(layers.len() >= 2);
     assert_eq!(done["done"].as_u64(), Some(layers.len() as u64));
     assert_eq!(done["total"].as_u64(), Some(layers.len() as u64));
-    let offline: serde_json::Value = serde_json::from_str(&run_ok(
-        "cloud-expert",
+    let offline = offline_spectrum(
+        &repo,
         &[
-            "analyze",
-            "spectrum",
-            "--input",
-            repo.join("digits/2/expert.safetensors").to_str().unwrap(),
             "--initial",
             repo.join("digits/1/expert.safetensors").to_str().unwrap(),
         ],
-    ))
-    .unwrap();
+    );
     let offline = offline["layers"].as_array().unwrap();
     assert_eq!(layers.len(), offline.len());
     for (served, off) in layers.iter().zip(offline) {
@@ -136,18 +139,7 @@ fn spectra_match_weightwatcher_and_served_experts_are_analysed_as_jobs() {
     assert!(done["result"]["layers"][1]["alignment"].is_null());
     let dfile = dir.path().join("directions.json");
     std::fs::write(&dfile, &directions).unwrap();
-    let offline: serde_json::Value = serde_json::from_str(&run_ok(
-        "cloud-expert",
-        &[
-            "analyze",
-            "spectrum",
-            "--input",
-            repo.join("digits/2/expert.safetensors").to_str().unwrap(),
-            "--directions",
-            dfile.to_str().unwrap(),
-        ],
-    ))
-    .unwrap();
+    let offline = offline_spectrum(&repo, &["--directions", dfile.to_str().unwrap()]);
     let off = offline["layers"][0]["alignment"]["top"].as_f64().unwrap();
     assert!((off - top).abs() < 1e-9, "{off} vs {top}");
 

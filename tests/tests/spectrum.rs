@@ -143,6 +143,19 @@ fn spectra_match_weightwatcher_and_served_experts_are_analysed_as_jobs() {
     let off = offline["layers"][0]["alignment"]["top"].as_f64().unwrap();
     assert!((off - top).abs() < 1e-9, "{off} vs {top}");
 
+    // A served model's directions are checked before any layer is computed: the job fails
+    // at once, naming the field.
+    let (code, v) = post(
+        dir.path(),
+        &url,
+        r#"{"model": "digits", "directions": [{"name": "fc9.weight", "values": [1]}]}"#,
+    );
+    assert_eq!(code, 202, "{v}");
+    let failed = wait_job(&base, v["job_id"].as_str().unwrap());
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert_eq!(failed["error"]["field"], "directions[0].name", "{failed}");
+    assert_eq!(failed["done"], 0, "{failed}");
+
     // Cancellation: one permit; a long job runs (or waits) and a second waits behind it.
     let big: Vec<String> = (0..4)
         .map(|i| {
@@ -217,7 +230,7 @@ fn spectra_match_weightwatcher_and_served_experts_are_analysed_as_jobs() {
         (
             r#"{"matrices": [{"name": "a", "values": [[1, 2], [3, 4]]}], "directions": [{"name": "a", "values": [1, 0, 0]}]}"#,
             422,
-            Some("directions[a]"),
+            Some("directions[0].values"),
         ),
     ] {
         let (code, v) = post(dir.path(), &url, body);

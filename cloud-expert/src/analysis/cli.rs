@@ -81,7 +81,10 @@ pub fn run(a: &AnalyzeArgs) -> Result<serde_json::Value, AnalysisError> {
                 }
                 None => Vec::new(),
             };
-            spectrum::alignment::check_names(&directions, layers.iter().map(|m| m.name.as_str()))?;
+            spectrum::alignment::check(
+                &directions,
+                layers.iter().map(|m| (m.name.as_str(), m.rows, m.cols)),
+            )?;
             let opts = spectrum::SpectrumOptions {
                 eigenvalues: a.eigenvalues,
                 randomize: a.randomize,

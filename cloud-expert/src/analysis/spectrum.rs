@@ -238,11 +238,7 @@ pub fn read_matrices(path: &std::path::Path) -> Result<Vec<Matrix>, AnalysisErro
 /// Eigenvalues of `W^T W` (or `W W^T`, whichever is smaller), ascending, in float64.
 pub fn eigenvalues(m: &Matrix) -> Result<Vec<f64>, AnalysisError> {
     let _g = tch::no_grad_guard();
-    let w = Tensor::from_slice(&m.data)
-        .view([m.rows as i64, m.cols as i64])
-        .to_kind(Kind::Double);
-    // X is N x M with N >= M: the Gram matrix is X^T X.
-    let x = if m.rows >= m.cols { w } else { w.tr() };
+    let (x, _) = gram_side(m);
     let ev = lower_gram(&x)?.f_linalg_eigvalsh("L")?;
     let mut v = Vec::<f64>::try_from(ev)?;
     // Rounding can leave tiny negatives for a rank-deficient W.
@@ -251,6 +247,16 @@ pub fn eigenvalues(m: &Matrix) -> Result<Vec<f64>, AnalysisError> {
     }
     v.sort_by(f64::total_cmp);
     Ok(v)
+}
+
+/// `X`, the float64 `W` or `W^T` that is N x M with N >= M (the Gram matrix is `X^T X`), and
+/// whether it is `W` itself.
+fn gram_side(m: &Matrix) -> (Tensor, bool) {
+    let w = Tensor::from_slice(&m.data)
+        .view([m.rows as i64, m.cols as i64])
+        .to_kind(Kind::Double);
+    let tall = m.rows >= m.cols;
+    (if tall { w } else { w.tr() }, tall)
 }
 
 /// `X^T X` with only its lower block triangle filled (what `eigvalsh("L")` reads): column
@@ -295,7 +301,14 @@ pub fn analyze(
             ));
         }
     }
-    let evals = eigenvalues(m)?;
+    let direction = opts.directions.iter().find(|d| d.name == m.name);
+    let (evals, decomposition) = match direction {
+        Some(_) => {
+            let (e, d) = alignment::decompose(m)?;
+            (e, Some(d))
+        }
+        None => (eigenvalues(m)?, None),
+    };
     let (n, mm) = (m.rows.max(m.cols), m.rows.min(m.cols));
     let lambda_max = evals.last().copied().unwrap_or(0.0);
     let sum: f64 = evals.iter().sum();
@@ -306,9 +319,9 @@ pub fn analyze(
         .collect();
     let power_law = powerlaw::fit(&tail);
     let marchenko_pastur = mp_fit(&evals, n, mm);
-    let alignment = match opts.directions.iter().find(|d| d.name == m.name) {
-        Some(d) => Some(alignment::alignment(m, d, marchenko_pastur.spikes.len())?),
-        None => None,
+    let alignment = match (direction, &decomposition) {
+        (Some(d), Some(dec)) => Some(dec.align(d, marchenko_pastur.spikes.len())?),
+        _ => None,
     };
     let mut randomized = None;
     if opts.randomize {

@@ -226,16 +226,16 @@ mod tests {
             let mut got = ids.to_vec();
             got.sort_unstable();
             assert_eq!(got, want, "rotation {rot}");
-            // A list in any order becomes a heap again.
-            let (mut v2, mut i2) = (vec![0.5, 2.0, 1.0, 2.0], vec![8, 5, 4, 3]);
-            let mut b2 = Best::new(&mut v2, &mut i2);
-            assert_eq!(b2.threshold(), 2.0);
-            b2.offer(2.0, 4);
-            assert_eq!(b2.threshold(), 2.0);
-            b2.offer(1.5, 0);
-            assert_eq!(b2.threshold(), 2.0);
-            b2.offer(0.1, 0);
-            assert_eq!(b2.threshold(), 1.5);
         }
+        // A list in any order becomes a heap again.
+        let (mut v2, mut i2) = (vec![0.5, 2.0, 1.0, 2.0], vec![8, 5, 4, 3]);
+        let mut b2 = Best::new(&mut v2, &mut i2);
+        assert_eq!(b2.threshold(), 2.0);
+        b2.offer(2.0, 4);
+        assert_eq!(b2.threshold(), 2.0);
+        b2.offer(1.5, 0);
+        assert_eq!(b2.threshold(), 2.0);
+        b2.offer(0.1, 0);
+        assert_eq!(b2.threshold(), 1.5);
     }
 }

@@ -52,7 +52,8 @@ impl Knn {
 /// How the search is cut up (the defaults suit any input; tests shrink them).
 #[derive(Debug, Clone, Copy)]
 struct Layout {
-    /// Bytes of distance matrix per panel (the output tensor and the buffer it is copied to).
+    /// Bytes of distance matrix per panel at most (the first panel, whose rows span every
+    /// column; later panels are narrower): the output tensor and the buffer it is copied to.
     panel_bytes: usize,
     /// Bytes of rows a row thread copies out of the panel at a time (L2-sized).
     piece_bytes: usize,
@@ -61,7 +62,7 @@ struct Layout {
 }
 
 impl Layout {
-    /// 32 MiB panels, 512 KiB pieces, as many scanning threads as libtorch's compute threads
+    /// Panels of at most 32 MiB, 512 KiB pieces, as many scanning threads as libtorch's compute threads
     /// (the server's configured share of the machine), at most the CPUs.
     fn default_for_machine() -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |t| t.get());
@@ -107,10 +108,21 @@ fn search(p: &Points, k: usize, layout: Layout) -> Result<Knn, AnalysisError> {
     }
     let _g = tch::no_grad_guard();
     let (n, d) = (p.n as i64, p.d as i64);
-    let x = Tensor::from_slice(&p.data).view([n, d]);
-    let sq_t = x
-        .square()
-        .sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+    let mut x = Tensor::from_slice(&p.data).view([n, d]);
+    let norms = |x: &Tensor| {
+        x.square()
+            .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+    };
+    let mut sq_t = norms(&x);
+    // Only the ranking comes from float32, so data whose squared norms would overflow (or
+    // vanish below) float32 is ranked at the scale of its largest coordinate instead; the
+    // float64 refinement reads the original values.
+    let top = f64::try_from(sq_t.max())?;
+    if !(1e-30..=1e30).contains(&top) && top != 0.0 {
+        let scale = p.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+        x = x.f_div_scalar(f64::from(scale))?;
+        sq_t = norms(&x);
+    }
     let sq = Vec::<f32>::try_from(&sq_t)?;
     // Row i's ranking of |x_i - x_j|^2 = |x_i|^2 + |x_j|^2 - 2 x_i.x_j: one GEMM with the row
     // of |x_j|^2 as its bias; |x_i|^2 is added in the scans (the column scan needs it).
@@ -144,7 +156,7 @@ fn search(p: &Points, k: usize, layout: Layout) -> Result<Knn, AnalysisError> {
         let vals = &mut panel[..c * w];
         let per = c.div_ceil(threads);
         let piece = (layout.piece_bytes / (4 * w)).clamp(1, per);
-        let results: Vec<Result<(), tch::TchError>> = std::thread::scope(|s| {
+        let results: Vec<Result<(), AnalysisError>> = std::thread::scope(|s| {
             let handles: Vec<_> = vals
                 .chunks_mut(per * w)
                 .zip(dblk.chunks_mut(per * k).zip(iblk.chunks_mut(per * k)))
@@ -210,7 +222,7 @@ fn scan_rows(
     vals: &mut [f32],
     seeds: (&mut [f32], &mut [u32]),
     out: (&mut [f64], &mut [usize]),
-) -> Result<(), tch::TchError> {
+) -> Result<(), AnalysisError> {
     let w = sh.p.n - sh.first;
     let k = out.0.len() / (vals.len() / w);
     let mut r = sh.r0;
@@ -240,6 +252,13 @@ fn scan_rows(
             let mut best = Best::new(svrow, sirow);
             scan_row(row, sh.sq[i], sh.first, &mut best);
             for (o, &j) in irow.iter_mut().zip(best.ids()) {
+                // An empty slot: every point offered was NaN (not possible for finite
+                // points at the scale above, but never worth a panic).
+                if j == u32::MAX {
+                    return Err(AnalysisError::Compute(format!(
+                        "point {i}: fewer than {k} neighbours had a finite distance"
+                    )));
+                }
                 *o = j as usize;
             }
             refine(sh.p, i, drow, irow);
@@ -302,7 +321,7 @@ fn refine(p: &Points, i: usize, dist: &mut [f64], nb: &mut [usize]) {
 mod tests {
     use super::*;
 
-    fn layouts() -> [Layout; 4] {
+    fn layouts() -> [Layout; 5] {
         let small = |panel_rows: usize, piece_rows: usize, threads| Layout {
             panel_bytes: panel_rows * 4 * 700,
             piece_bytes: piece_rows * 4 * 700,
@@ -314,6 +333,8 @@ mod tests {
             small(64, 5, 2),
             small(33, 1, 3),
             small(700, 700, 1),
+            // Fewer panel rows than threads; the last panels leave some column threads idle.
+            small(2, 1, 3),
         ]
     }
 
@@ -376,10 +397,31 @@ mod tests {
 
     #[test]
     fn every_layout_matches_brute_force() {
-        // 700 points: the small layouts cut the upper half into 11 to 22 panels, each thread
+        // 700 points: the small layouts cut the upper half into 11 to 350 panels, each thread
         // copying its rows in several pieces.
         for layout in layouts() {
             check_against_brute_force(700, 20, layout);
+        }
+    }
+
+    #[test]
+    fn huge_and_tiny_coordinates_are_ranked_at_their_own_scale() {
+        // Squared norms past float32's range (1e22^2 * 3) and below its smallest normal.
+        for scale in [1e22f64, 1e-22] {
+            let pts: Vec<Vec<f64>> = (0..60)
+                .map(|i| {
+                    let t = i as f64 * 0.7;
+                    vec![t.sin() * scale, t.cos() * scale, (i % 7) as f64 * scale]
+                })
+                .collect();
+            let p = Points::from_rows(&pts, "x").unwrap();
+            let nn = knn(&p, 5).unwrap();
+            for i in 0..p.n {
+                let all = brute_force(&pts, i);
+                for (got, want) in nn.row(i).iter().zip(&all) {
+                    assert!((got / want - 1.0).abs() < 1e-5, "scale {scale}: point {i}");
+                }
+            }
         }
     }
 

@@ -268,27 +268,58 @@ fn spike_alignment_equals_the_svd_overlaps_on_either_side_and_orientation() {
 fn bad_directions_are_refused_with_the_field() {
     use alignment::Side;
     let m = matrix(6, 4, normals(24, 1));
-    let err = |d: Direction| alignment::alignment(&m, &d, 0).unwrap_err().to_string();
-    let e = err(direction("w", vec![1.0; 5], None));
+    let layers = [("w", 6, 4), ("v", 3, 3)];
+    let err = |dirs: &[Direction]| alignment::check(dirs, layers).unwrap_err().to_string();
+    let e = err(&[direction("w", vec![1.0; 5], None)]);
     assert!(
-        e.contains("directions[w]") && e.contains("has 5 values"),
+        e.contains("directions[0].values") && e.contains("has 5 values"),
         "{e}"
     );
-    let e = err(direction("w", vec![1.0; 4], Some(Side::Output)));
+    let e = err(&[direction("w", vec![1.0; 4], Some(Side::Output))]);
     assert!(e.contains("output side has 6"), "{e}");
-    let e = err(direction("w", vec![0.0; 4], None));
-    assert!(e.contains("nonzero"), "{e}");
-    assert!(alignment::alignment(&m, &direction("w", vec![1.0; 6], None), 0).is_ok());
-    let dirs = [
+    let e = err(&[direction("w", vec![0.0; 4], None)]);
+    assert!(e.contains("all zeros"), "{e}");
+    let e = err(&[direction("w", vec![1.0, f64::NAN, 0.0, 0.0], None)]);
+    assert!(e.contains("finite"), "{e}");
+    let e = err(&[
         direction("w", vec![1.0; 4], None),
         direction("q", vec![], None),
-    ];
-    let e = alignment::check_names(&dirs, ["w", "v"])
-        .unwrap_err()
-        .to_string();
+    ]);
     assert!(
         e.contains("directions[1].name") && e.contains("\"q\""),
         "{e}"
     );
-    assert!(alignment::check_names(&dirs[..1], ["w"]).is_ok());
+    let e = err(&[
+        direction("w", vec![1.0; 4], None),
+        direction("w", vec![1.0; 6], None),
+    ]);
+    assert!(
+        e.contains("directions[1].name") && e.contains("already"),
+        "{e}"
+    );
+    assert!(alignment::check(&[direction("w", vec![1.0; 6], None)], layers).is_ok());
+    // The same checks guard a direct call, named by layer; huge finite values are fine.
+    let e = alignment::alignment(&m, &direction("w", vec![1.0; 5], None), 0).unwrap_err();
+    assert!(e.to_string().contains("directions[w]"), "{e}");
+    let a = alignment::alignment(&m, &direction("w", vec![1e200; 6], None), 0).unwrap();
+    assert!(a.top > 0.0 && a.top <= 1.0 + 1e-12, "{a:?}");
+}
+
+#[test]
+fn a_layer_with_a_direction_reports_the_same_eigenvalues() {
+    let (r, c) = (90, 40);
+    let m = matrix(r, c, normals(r * c, 4));
+    let plain = analyze(&m, None, &SpectrumOptions::default()).unwrap();
+    let opts = SpectrumOptions {
+        directions: vec![direction("w", vec![1.0; c], None)],
+        eigenvalues: true,
+        ..SpectrumOptions::default()
+    };
+    let with = analyze(&m, None, &opts).unwrap();
+    let want = eigenvalues(&m).unwrap();
+    for (a, b) in with.eigenvalues.unwrap().iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-12 * want[c - 1], "{a} vs {b}");
+    }
+    assert!((with.lambda_max - plain.lambda_max).abs() <= 1e-12 * plain.lambda_max);
+    assert!(with.alignment.is_some() && plain.alignment.is_none());
 }

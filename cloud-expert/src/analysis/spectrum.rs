@@ -239,14 +239,18 @@ pub fn read_matrices(path: &std::path::Path) -> Result<Vec<Matrix>, AnalysisErro
 pub fn eigenvalues(m: &Matrix) -> Result<Vec<f64>, AnalysisError> {
     let _g = tch::no_grad_guard();
     let (x, _) = gram_side(m);
-    let ev = lower_gram(&x)?.f_linalg_eigvalsh("L")?;
-    let mut v = Vec::<f64>::try_from(ev)?;
-    // Rounding can leave tiny negatives for a rank-deficient W.
-    for x in &mut v {
-        *x = x.max(0.0);
-    }
+    let mut v = nonnegative(&lower_gram(&x)?.f_linalg_eigvalsh("L")?)?;
     v.sort_by(f64::total_cmp);
     Ok(v)
+}
+
+/// Eigenvalues of a Gram matrix as a vector, the tiny negatives rounding leaves for a
+/// rank-deficient W set to zero.
+fn nonnegative(evals: &Tensor) -> Result<Vec<f64>, AnalysisError> {
+    Ok(Vec::<f64>::try_from(evals)?
+        .into_iter()
+        .map(|e| e.max(0.0))
+        .collect())
 }
 
 /// `X`, the float64 `W` or `W^T` that is N x M with N >= M (the Gram matrix is `X^T X`), and

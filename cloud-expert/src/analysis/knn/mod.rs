@@ -268,37 +268,53 @@ fn scan_rows(
     Ok(())
 }
 
-/// Offers `v[j] + shift` as the candidate `base + j` for every column `j` (only the chunks
-/// holding a value at or below the threshold are looked at value by value).
-fn scan_row(v: &[f32], shift: f32, base: usize, best: &mut Best<'_>) {
+/// The loop both scans share: `offer(state, j, v[j] + shift)` for every value of each chunk
+/// `next(state, whole_chunks, from)` finds (asked again after each, as offers move the
+/// thresholds), then for the values past the last whole chunk.
+#[inline(always)]
+fn scan_chunks<S>(
+    v: &[f32],
+    shift: f32,
+    state: &mut S,
+    next: impl Fn(&S, &[f32], usize) -> Option<usize>,
+    offer: impl Fn(&mut S, usize, f32),
+) {
     let whole = v.len() / CHUNK * CHUNK;
     let mut from = 0;
-    while let Some(s) = next_chunk_at_most(&v[..whole], from, shift, best.threshold()) {
+    while let Some(s) = next(state, &v[..whole], from) {
         for (j, &x) in v.iter().enumerate().skip(s).take(CHUNK) {
-            best.offer(x + shift, (base + j) as u32);
+            offer(state, j, x + shift);
         }
         from = s + CHUNK;
     }
     for (j, &x) in v.iter().enumerate().skip(whole) {
-        best.offer(x + shift, (base + j) as u32);
+        offer(state, j, x + shift);
     }
+}
+
+/// Offers `v[j] + shift` as the candidate `base + j` for every column `j` (only the chunks
+/// holding a value at or below the threshold are looked at value by value).
+fn scan_row(v: &[f32], shift: f32, base: usize, best: &mut Best<'_>) {
+    scan_chunks(
+        v,
+        shift,
+        best,
+        |b, v, from| next_chunk_at_most(v, from, shift, b.threshold()),
+        |b, j, x| b.offer(x, (base + j) as u32),
+    );
 }
 
 /// Offers the point `index` to the list of each point of `cols` at value `v[q] + shift`, `v`
 /// holding one value per point of `cols` (only chunks holding a value at or below its point's
 /// threshold are looked at value by value).
 fn scan_columns(v: &[f32], shift: f32, index: u32, cols: &mut SlotsMut<'_>) {
-    let whole = v.len() / CHUNK * CHUNK;
-    let mut at = 0;
-    while let Some(s) = next_chunk_at_most_each(&v[..whole], cols.thresholds(), at, shift) {
-        for (q, &x) in v.iter().enumerate().skip(s).take(CHUNK) {
-            cols.offer(q, x + shift, index);
-        }
-        at = s + CHUNK;
-    }
-    for (q, &x) in v.iter().enumerate().skip(whole) {
-        cols.offer(q, x + shift, index);
-    }
+    scan_chunks(
+        v,
+        shift,
+        cols,
+        |c, v, from| next_chunk_at_most_each(v, c.thresholds(), from, shift),
+        |c, q, x| c.offer(q, x, index),
+    );
 }
 
 /// Exact float64 distances from point `i` to its neighbours `nb`, both sorted nearest first.

@@ -152,11 +152,7 @@ pub fn decompose(m: &Matrix) -> Result<(Vec<f64>, Decomposition), AnalysisError>
     let _g = tch::no_grad_guard();
     let (x, tall) = super::gram_side(m);
     let (evals, evecs) = lower_gram(&x)?.f_linalg_eigh("L")?;
-    let mut v = Vec::<f64>::try_from(&evals)?;
-    // Rounding can leave tiny negatives for a rank-deficient W.
-    for e in &mut v {
-        *e = e.max(0.0);
-    }
+    let v = super::nonnegative(&evals)?;
     let d = Decomposition {
         x,
         tall,
@@ -212,9 +208,4 @@ impl Decomposition {
             spikes: overlaps[..spikes.min(overlaps.len())].to_vec(),
         })
     }
-}
-
-/// [`decompose`] then [`Decomposition::align`].
-pub fn alignment(m: &Matrix, dir: &Direction, spikes: usize) -> Result<Alignment, AnalysisError> {
-    decompose(m)?.1.align(dir, spikes)
 }

@@ -202,6 +202,15 @@ fn bad_matrices_are_refused_with_the_field() {
     assert!(e.contains("initial[w]"), "{e}");
 }
 
+/// The alignment of `dir` on `m` by itself.
+fn align(
+    m: &Matrix,
+    dir: &Direction,
+    spikes: usize,
+) -> Result<alignment::Alignment, AnalysisError> {
+    alignment::decompose(m)?.1.align(dir, spikes)
+}
+
 fn direction(name: &str, values: Vec<f64>, side: Option<alignment::Side>) -> Direction {
     Direction {
         name: name.into(),
@@ -244,7 +253,7 @@ fn spike_alignment_equals_the_svd_overlaps_on_either_side_and_orientation() {
         assert!(a.top > 0.9 && a.spikes[0] == a.top, "{a:?}");
         // ... and its left one along u, with u scaled (the norm does not matter).
         let u2: Vec<f64> = u.iter().map(|x| x * -7.0).collect();
-        let out = alignment::alignment(&m, &direction("w", u2, None), 1).unwrap();
+        let out = align(&m, &direction("w", u2, None), 1).unwrap();
         assert_eq!(out.side, Side::Output);
         let want = svd_overlap(&left.select(1, 0), &u);
         assert!(
@@ -254,7 +263,7 @@ fn spike_alignment_equals_the_svd_overlaps_on_either_side_and_orientation() {
         );
         // An unrelated direction: about 1/sqrt(len).
         let other: Vec<f64> = normals(c, 5).iter().map(|&x| f64::from(x)).collect();
-        let o = alignment::alignment(&m, &direction("w", other.clone(), None), 0).unwrap();
+        let o = align(&m, &direction("w", other.clone(), None), 0).unwrap();
         assert!(
             o.top < 4.0 / (c as f64).sqrt() && o.spikes.is_empty(),
             "{o:?}"
@@ -299,9 +308,9 @@ fn bad_directions_are_refused_with_the_field() {
     );
     assert!(alignment::check(&[direction("w", vec![1.0; 6], None)], layers).is_ok());
     // The same checks guard a direct call, named by layer; huge finite values are fine.
-    let e = alignment::alignment(&m, &direction("w", vec![1.0; 5], None), 0).unwrap_err();
+    let e = align(&m, &direction("w", vec![1.0; 5], None), 0).unwrap_err();
     assert!(e.to_string().contains("directions[w]"), "{e}");
-    let a = alignment::alignment(&m, &direction("w", vec![1e200; 6], None), 0).unwrap();
+    let a = align(&m, &direction("w", vec![1e200; 6], None), 0).unwrap();
     assert!(a.top > 0.0 && a.top <= 1.0 + 1e-12, "{a:?}");
 }
 
